@@ -1,0 +1,903 @@
+//! The top-level configuration file: bytes -> validated [`Config`].
+//!
+//! This layer only parses and checks what can be checked from the file alone
+//! (syntax, types, unknown and duplicate keys, addresses, durations, unique
+//! names). It never touches the files the configuration references; that is
+//! [`crate::material`]'s job. Keeping the layers apart means `stayup check`,
+//! a reload and the library all give the same answer for the same bytes.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// The largest top-level file stayup will read. A configuration is a few
+/// kilobytes; anything near this is a mistake or an attack, and reading it
+/// whole into memory on every reload would be the real harm.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Why a configuration was refused. Every variant names the file; the ones
+/// that come from a place in the file carry its line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    Read { file: PathBuf, reason: String },
+    /// The file is larger than [`MAX_CONFIG_BYTES`].
+    TooLarge { file: PathBuf, size: u64 },
+    /// The file is not UTF-8 text.
+    NotUtf8 { file: PathBuf, offset: usize },
+    /// The file is empty (or only comments and white space).
+    Empty { file: PathBuf },
+    /// YAML syntax, types, unknown or duplicate keys, resource budgets.
+    Syntax {
+        file: PathBuf,
+        line: Option<u64>,
+        column: Option<u64>,
+        reason: String,
+    },
+    /// The YAML is well-formed but a value is not acceptable.
+    Invalid {
+        file: PathBuf,
+        line: Option<u64>,
+        column: Option<u64>,
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// The file the error is about.
+    pub fn file(&self) -> &Path {
+        match self {
+            ConfigError::Read { file, .. }
+            | ConfigError::TooLarge { file, .. }
+            | ConfigError::NotUtf8 { file, .. }
+            | ConfigError::Empty { file }
+            | ConfigError::Syntax { file, .. }
+            | ConfigError::Invalid { file, .. } => file,
+        }
+    }
+
+    /// A short stable name for the kind of error, for metrics and tests.
+    pub fn class(&self) -> &'static str {
+        match self {
+            ConfigError::Read { .. } => "config-read",
+            ConfigError::TooLarge { .. } => "config-too-large",
+            ConfigError::NotUtf8 { .. } => "config-not-utf8",
+            ConfigError::Empty { .. } => "config-empty",
+            ConfigError::Syntax { .. } => "config-syntax",
+            ConfigError::Invalid { .. } => "config-invalid",
+        }
+    }
+
+    fn invalid(file: &Path, at: Option<(u64, u64)>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            file: file.to_path_buf(),
+            line: at.map(|a| a.0),
+            column: at.map(|a| a.1),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn write_place(
+    f: &mut fmt::Formatter<'_>,
+    file: &Path,
+    line: &Option<u64>,
+    column: &Option<u64>,
+) -> fmt::Result {
+    write!(f, "{}", file.display())?;
+    if let Some(line) = line {
+        write!(f, ":{line}")?;
+        if let Some(column) = column {
+            write!(f, ":{column}")?;
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { file, reason } => {
+                write!(f, "{}: cannot read configuration: {reason}", file.display())
+            }
+            ConfigError::TooLarge { file, size } => write!(
+                f,
+                "{}: configuration is {size} bytes, larger than the {MAX_CONFIG_BYTES}-byte limit",
+                file.display()
+            ),
+            ConfigError::NotUtf8 { file, offset } => write!(
+                f,
+                "{}: configuration is not UTF-8 text (invalid byte at offset {offset})",
+                file.display()
+            ),
+            ConfigError::Empty { file } => write!(
+                f,
+                "{}: configuration is empty (at least one listener is required)",
+                file.display()
+            ),
+            ConfigError::Syntax {
+                file,
+                line,
+                column,
+                reason,
+            } => {
+                write_place(f, file, line, column)?;
+                write!(f, ": invalid YAML configuration: {reason}")
+            }
+            ConfigError::Invalid {
+                file,
+                line,
+                column,
+                reason,
+            } => {
+                write_place(f, file, line, column)?;
+                write!(f, ": {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A validated configuration. Paths are absolute (resolved against the
+/// configuration file's folder); addresses are parsed; durations are typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The path the configuration was read from, as given.
+    pub path: PathBuf,
+    pub listeners: Vec<ListenerConfig>,
+    pub control: ControlConfig,
+    pub admin: Option<AdminConfig>,
+    pub reload: ReloadConfig,
+    pub drain: DrainConfig,
+    pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub backend: Backend,
+    pub tls: TlsConfig,
+    /// At most this many connections open at once on this listener (0 = no limit).
+    pub max_connections: usize,
+}
+
+/// A plaintext TCP upstream: either a literal socket address or a host name
+/// and port resolved at connect time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Backend {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Backend {
+    /// Parses `host:port`, `1.2.3.4:port` or `[::1]:port`.
+    pub fn parse(s: &str) -> Result<Backend, String> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Backend {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            });
+        }
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("backend {s:?} is not host:port"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("backend {s:?} has an invalid port {port:?}"))?;
+        if port == 0 {
+            return Err(format!("backend {s:?} has port 0"));
+        }
+        let valid_host = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if !valid_host {
+            return Err(format!("backend {s:?} has an invalid host {host:?}"));
+        }
+        Ok(Backend {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub certificates: Vec<CertificateRef>,
+    pub client_ca: Option<PathBuf>,
+    /// A client that has not finished its handshake after this long is dropped.
+    pub handshake_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateRef {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Names this certificate must cover; a reload that would serve a
+    /// certificate without them is rejected.
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub allow_remote: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadConfig {
+    pub watch: bool,
+    pub debounce: Duration,
+    /// Re-hash the top-level file this often (0 = never).
+    pub poll: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainConfig {
+    /// Connections of a superseded generation are closed after this long (zero = never).
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownConfig {
+    /// On SIGTERM/SIGINT open connections may finish for this long.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// At most this many connections open at once over all listeners (0 = no limit).
+    pub max_connections: usize,
+    pub backend_connect_timeout: Duration,
+    /// Close a connection with no traffic in either direction for this long (zero = never).
+    pub idle_timeout: Duration,
+    /// Refuse private keys readable by group or others unless this is set.
+    pub allow_insecure_key_permissions: bool,
+}
+
+// ---------------------------------------------------------------------------
+// The raw, serde-facing shape. Everything is `deny_unknown_fields`; values
+// that need a location in later checks are `Spanned`.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listeners: Spanned<Vec<RawListener>>,
+    #[serde(default)]
+    control: Option<RawControl>,
+    #[serde(default)]
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    reload: Option<RawReload>,
+    #[serde(default)]
+    drain: Option<RawDrain>,
+    #[serde(default)]
+    shutdown: Option<RawShutdown>,
+    #[serde(default)]
+    log: Option<RawLog>,
+    #[serde(default)]
+    limits: Option<RawLimits>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: Spanned<String>,
+    bind: Spanned<String>,
+    backend: Spanned<String>,
+    tls: RawTls,
+    #[serde(default)]
+    max_connections: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    certificates: Spanned<Vec<RawCertificate>>,
+    #[serde(default)]
+    client_ca: Option<Spanned<String>>,
+    #[serde(default)]
+    handshake_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+    #[serde(default)]
+    names: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    #[serde(default)]
+    socket: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Spanned<String>,
+    #[serde(default)]
+    allow_remote: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReload {
+    #[serde(default)]
+    watch: Option<bool>,
+    #[serde(default)]
+    debounce: Option<Spanned<String>>,
+    #[serde(default)]
+    poll: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrain {
+    #[serde(default)]
+    timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShutdown {
+    #[serde(default)]
+    timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default)]
+    level: Option<Spanned<String>>,
+    #[serde(default)]
+    format: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default)]
+    max_connections: Option<usize>,
+    #[serde(default)]
+    backend_connect_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    idle_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_insecure_key_permissions: bool,
+}
+
+fn at<T>(s: &Spanned<T>) -> Option<(u64, u64)> {
+    let l = s.referenced;
+    if l.line() == 0 {
+        None
+    } else {
+        Some((l.line(), l.column()))
+    }
+}
+
+/// Parses `200ms`, `30s`, `5m`, `1h`, `0` or `0s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("duration {s:?} needs a unit (ms, s, m or h), e.g. \"200ms\""))?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("duration {s:?} does not start with a whole number"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => n
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("duration {s:?} is too long"))?,
+        "h" => n
+            .checked_mul(3600)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("duration {s:?} is too long"))?,
+        _ => {
+            return Err(format!(
+                "duration {s:?} has unknown unit {unit:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    Ok(d)
+}
+
+/// Formats a duration the way the configuration file writes it.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        "0s".into()
+    } else if !ms.is_multiple_of(1000) {
+        format!("{ms}ms")
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}
+
+impl Config {
+    /// Parses and validates the bytes of the top-level file found at `path`.
+    /// `path` is used to name the file in errors and to resolve relative paths.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                file: path.to_path_buf(),
+                size: bytes.len() as u64,
+            });
+        }
+        let text = std::str::from_utf8(bytes).map_err(|e| ConfigError::NotUtf8 {
+            file: path.to_path_buf(),
+            offset: e.valid_up_to(),
+        })?;
+        let is_blank = text.lines().all(|l| {
+            let l = l.trim();
+            l.is_empty() || l.starts_with('#') || l == "---" || l == "..."
+        });
+        if is_blank {
+            return Err(ConfigError::Empty {
+                file: path.to_path_buf(),
+            });
+        }
+        let options = serde_saphyr::options! {
+            with_snippet: false,
+        };
+        let raw: RawConfig = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+            let loc = e.location().filter(|l| l.line() > 0);
+            ConfigError::Syntax {
+                file: path.to_path_buf(),
+                line: loc.map(|l| l.line()),
+                column: loc.map(|l| l.column()),
+                reason: tidy_yaml_reason(&e.without_snippet().to_string()),
+            }
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
+        Self::validate(path, &base, raw)
+    }
+
+    fn validate(path: &Path, base: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
+        let resolve = |s: &Spanned<String>, what: &str| -> Result<PathBuf, ConfigError> {
+            if s.value.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    path,
+                    at(s),
+                    format!("{what} path is empty"),
+                ));
+            }
+            let p = Path::new(&s.value);
+            Ok(if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            })
+        };
+        let duration = |s: &Option<Spanned<String>>,
+                        what: &str,
+                        default: Duration|
+         -> Result<Duration, ConfigError> {
+            match s {
+                None => Ok(default),
+                Some(s) => parse_duration(&s.value)
+                    .map_err(|e| ConfigError::invalid(path, at(s), format!("{what}: {e}"))),
+            }
+        };
+
+        if raw.listeners.value.is_empty() {
+            return Err(ConfigError::invalid(
+                path,
+                at(&raw.listeners),
+                "listeners: at least one listener is required",
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut binds = HashSet::new();
+        let mut listeners = Vec::new();
+        for l in &raw.listeners.value {
+            let name = l.name.value.trim().to_string();
+            if name.is_empty() {
+                return Err(ConfigError::invalid(
+                    path,
+                    at(&l.name),
+                    "listener name is empty",
+                ));
+            }
+            if !names.insert(name.clone()) {
+                return Err(ConfigError::invalid(
+                    path,
+                    at(&l.name),
+                    format!("listener name {name:?} is used twice; names must be unique"),
+                ));
+            }
+            let bind: SocketAddr = l.bind.value.trim().parse().map_err(|_| {
+                ConfigError::invalid(
+                    path,
+                    at(&l.bind),
+                    format!(
+                        "listener {name:?}: bind address {:?} is not IP:port (e.g. \"127.0.0.1:8443\")",
+                        l.bind.value
+                    ),
+                )
+            })?;
+            if bind.port() != 0 && !binds.insert(bind) {
+                return Err(ConfigError::invalid(
+                    path,
+                    at(&l.bind),
+                    format!("listener {name:?}: bind address {bind} is used by another listener"),
+                ));
+            }
+            let backend = Backend::parse(l.backend.value.trim()).map_err(|e| {
+                ConfigError::invalid(path, at(&l.backend), format!("listener {name:?}: {e}"))
+            })?;
+            if l.tls.certificates.value.is_empty() {
+                return Err(ConfigError::invalid(
+                    path,
+                    at(&l.tls.certificates),
+                    format!("listener {name:?}: tls.certificates needs at least one certificate"),
+                ));
+            }
+            let mut certificates = Vec::new();
+            for c in &l.tls.certificates.value {
+                certificates.push(CertificateRef {
+                    cert: resolve(&c.cert, "cert")?,
+                    key: resolve(&c.key, "key")?,
+                    names: c.names.clone(),
+                });
+            }
+            let client_ca = match &l.tls.client_ca {
+                Some(s) => Some(resolve(s, "client_ca")?),
+                None => None,
+            };
+            let handshake_timeout = duration(
+                &l.tls.handshake_timeout,
+                "tls.handshake_timeout",
+                Duration::from_secs(10),
+            )?;
+            listeners.push(ListenerConfig {
+                name,
+                bind,
+                backend,
+                tls: TlsConfig {
+                    certificates,
+                    client_ca,
+                    handshake_timeout,
+                },
+                max_connections: l.max_connections.unwrap_or(0),
+            });
+        }
+
+        let control = ControlConfig {
+            socket: match raw.control.as_ref().and_then(|c| c.socket.as_ref()) {
+                Some(s) => Some(resolve(s, "control.socket")?),
+                None => None,
+            },
+        };
+        let admin = match &raw.admin {
+            None => None,
+            Some(a) => {
+                let listen: SocketAddr = a.listen.value.trim().parse().map_err(|_| {
+                    ConfigError::invalid(
+                        path,
+                        at(&a.listen),
+                        format!("admin.listen {:?} is not IP:port", a.listen.value),
+                    )
+                })?;
+                if !listen.ip().is_loopback() && !a.allow_remote {
+                    return Err(ConfigError::invalid(
+                        path,
+                        at(&a.listen),
+                        format!(
+                            "admin.listen {listen} is not a loopback address; set admin.allow_remote: true to expose the admin endpoint"
+                        ),
+                    ));
+                }
+                Some(AdminConfig {
+                    listen,
+                    allow_remote: a.allow_remote,
+                })
+            }
+        };
+        let reload_raw = raw.reload.as_ref();
+        let reload = ReloadConfig {
+            watch: reload_raw.and_then(|r| r.watch).unwrap_or(true),
+            debounce: duration(
+                &reload_raw.and_then(|r| r.debounce.clone()),
+                "reload.debounce",
+                Duration::from_millis(200),
+            )?,
+            poll: duration(
+                &reload_raw.and_then(|r| r.poll.clone()),
+                "reload.poll",
+                Duration::from_secs(30),
+            )?,
+        };
+        let drain = DrainConfig {
+            timeout: duration(
+                &raw.drain.as_ref().and_then(|d| d.timeout.clone()),
+                "drain.timeout",
+                Duration::ZERO,
+            )?,
+        };
+        let shutdown = ShutdownConfig {
+            timeout: duration(
+                &raw.shutdown.as_ref().and_then(|d| d.timeout.clone()),
+                "shutdown.timeout",
+                Duration::from_secs(30),
+            )?,
+        };
+        let log_raw = raw.log.as_ref();
+        let level = match log_raw.and_then(|l| l.level.as_ref()) {
+            None => "info".to_string(),
+            Some(s) => {
+                let v = s.value.trim().to_ascii_lowercase();
+                if !["error", "warn", "info", "debug", "trace"].contains(&v.as_str()) {
+                    return Err(ConfigError::invalid(
+                        path,
+                        at(s),
+                        format!(
+                            "log.level {:?} is not one of error, warn, info, debug, trace",
+                            s.value
+                        ),
+                    ));
+                }
+                v
+            }
+        };
+        let format = match log_raw.and_then(|l| l.format.as_ref()) {
+            None => LogFormat::Text,
+            Some(s) => match s.value.trim() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(ConfigError::invalid(
+                        path,
+                        at(s),
+                        format!("log.format {other:?} is not text or json"),
+                    ));
+                }
+            },
+        };
+        let limits_raw = raw.limits.as_ref();
+        let limits = LimitsConfig {
+            max_connections: limits_raw.and_then(|l| l.max_connections).unwrap_or(0),
+            backend_connect_timeout: duration(
+                &limits_raw.and_then(|l| l.backend_connect_timeout.clone()),
+                "limits.backend_connect_timeout",
+                Duration::from_secs(5),
+            )?,
+            idle_timeout: duration(
+                &limits_raw.and_then(|l| l.idle_timeout.clone()),
+                "limits.idle_timeout",
+                Duration::ZERO,
+            )?,
+            allow_insecure_key_permissions: limits_raw
+                .map(|l| l.allow_insecure_key_permissions)
+                .unwrap_or(false),
+        };
+        Ok(Config {
+            path: path.to_path_buf(),
+            listeners,
+            control,
+            admin,
+            reload,
+            drain,
+            shutdown,
+            log: LogConfig { level, format },
+            limits,
+        })
+    }
+
+    /// Every file this configuration references, in a stable order.
+    pub fn referenced_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for l in &self.listeners {
+            for c in &l.tls.certificates {
+                out.push(c.cert.clone());
+                out.push(c.key.clone());
+            }
+            if let Some(ca) = &l.tls.client_ca {
+                out.push(ca.clone());
+            }
+        }
+        out.dedup();
+        out
+    }
+}
+
+/// serde-saphyr's messages sometimes end with its own location suffix; we
+/// print the location ourselves in `file:line:col` form, so drop it.
+fn tidy_yaml_reason(s: &str) -> String {
+    let s = s.trim();
+    let s = match s.rfind(" at line ") {
+        Some(i) => &s[..i],
+        None => s,
+    };
+    s.trim_end_matches(['.', ',']).to_string()
+}
+
+/// Reads the top-level file with the size cap.
+pub fn read_config_bytes(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    crate::material::read_capped(path, MAX_CONFIG_BYTES).map_err(|e| match e {
+        crate::material::ReadError::TooLarge(size) => ConfigError::TooLarge {
+            file: path.to_path_buf(),
+            size,
+        },
+        other => ConfigError::Read {
+            file: path.to_path_buf(),
+            reason: other.to_string(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/stayup/stayup.yaml"), s.as_bytes())
+    }
+
+    const GOOD: &str = r#"
+listeners:
+  - name: web
+    bind: "127.0.0.1:8443"
+    backend: "127.0.0.1:8080"
+    tls:
+      certificates:
+        - cert: certs/web.pem
+          key: certs/web.key
+reload:
+  debounce: 150ms
+drain:
+  timeout: 30s
+"#;
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.listeners.len(), 1);
+        let l = &c.listeners[0];
+        assert_eq!(l.name, "web");
+        assert_eq!(l.bind, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(l.backend.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            l.tls.certificates[0].cert,
+            PathBuf::from("/etc/stayup/certs/web.pem")
+        );
+        assert_eq!(c.reload.debounce, Duration::from_millis(150));
+        assert_eq!(c.drain.timeout, Duration::from_secs(30));
+        assert_eq!(c.shutdown.timeout, Duration::from_secs(30));
+        assert!(c.reload.watch);
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let e = parse(&GOOD.replace("drain:", "drian:")).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            matches!(e, ConfigError::Syntax { line: Some(_), .. }),
+            "{msg}"
+        );
+        assert!(msg.contains("/etc/stayup/stayup.yaml:"), "{msg}");
+        assert!(msg.contains("drian"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_key_is_rejected() {
+        let e = parse(&format!("{GOOD}drain:\n  timeout: 1s\n")).unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax { .. }), "{e}");
+        assert!(e.to_string().to_lowercase().contains("duplicate"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_listener_name_and_bind() {
+        let two = GOOD.replace(
+            "reload:",
+            "  - name: web\n    bind: \"127.0.0.1:9443\"\n    backend: \"127.0.0.1:8080\"\n    tls:\n      certificates:\n        - cert: a\n          key: b\nreload:",
+        );
+        let e = parse(&two).unwrap_err();
+        assert!(e.to_string().contains("used twice"), "{e}");
+        assert!(e.to_string().contains(":10:"), "{e}");
+        let two = two.replace(
+            "name: web\n    bind: \"127.0.0.1:9443\"",
+            "name: api\n    bind: \"127.0.0.1:8443\"",
+        );
+        let e = parse(&two).unwrap_err();
+        assert!(e.to_string().contains("used by another listener"), "{e}");
+    }
+
+    #[test]
+    fn bad_backend_and_duration() {
+        let e = parse(&GOOD.replace("127.0.0.1:8080", "not an address")).unwrap_err();
+        assert!(e.to_string().contains("backend"), "{e}");
+        assert!(e.to_string().contains(":5:"), "{e}");
+        let e = parse(&GOOD.replace("150ms", "150 fortnights")).unwrap_err();
+        assert!(e.to_string().contains("reload.debounce"), "{e}");
+    }
+
+    #[test]
+    fn empty_and_non_utf8() {
+        assert!(matches!(
+            parse("# nothing\n"),
+            Err(ConfigError::Empty { .. })
+        ));
+        let e = Config::parse(Path::new("x.yaml"), b"listeners: \xff\xfe").unwrap_err();
+        assert!(matches!(e, ConfigError::NotUtf8 { offset: 11, .. }), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("200ms").unwrap(), Duration::from_millis(200));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
+    }
+
+    #[test]
+    fn backend_forms() {
+        assert_eq!(Backend::parse("[::1]:80").unwrap().to_string(), "[::1]:80");
+        assert_eq!(Backend::parse("db.internal:5432").unwrap().port, 5432);
+        assert!(Backend::parse("db.internal").is_err());
+        assert!(Backend::parse("db internal:1").is_err());
+        assert!(Backend::parse("h:0").is_err());
+    }
+}

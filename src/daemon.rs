@@ -1,0 +1,163 @@
+//! The running daemon: the reloader, the listeners and the triggers, wired
+//! together, with a graceful stop.
+//!
+//! Like mini-redis' `server::run`, [`Daemon::start`] and [`run`] take what
+//! they need (the config path, a shutdown future) so that tests and
+//! embedding servers drive the real thing.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::generation::{Shared, Trigger};
+use crate::proxy::{Listeners, ProxyContext};
+use crate::reloader::{CommitHook, LoadError, ReloadHandle, Reloader};
+
+/// A started daemon. Dropping it does not stop it; call [`Daemon::stop`].
+pub struct Daemon {
+    handle: ReloadHandle,
+    ctx: Arc<ProxyContext>,
+    stop_reloader: CancellationToken,
+    reloader: JoinHandle<()>,
+}
+
+impl Daemon {
+    /// Loads the first generation, binds its listeners and starts serving.
+    /// Must be called inside a tokio runtime. `hooks` run after every commit,
+    /// the first one included.
+    pub fn start(
+        config_path: &Path,
+        shared: Arc<Shared>,
+        hooks: Vec<CommitHook>,
+    ) -> Result<Daemon, LoadError> {
+        let ctx = ProxyContext::new();
+        let listeners = Listeners::new(ctx.clone());
+        let mut reloader = Reloader::start(config_path, shared, listeners)?;
+        let handle = reloader.handle();
+        let first = handle.current();
+        for hook in hooks {
+            hook(&first);
+            reloader.on_commit(hook);
+        }
+        let stop_reloader = CancellationToken::new();
+        let task = tokio::spawn(reloader.run(stop_reloader.clone()));
+        Ok(Daemon {
+            handle,
+            ctx,
+            stop_reloader,
+            reloader: task,
+        })
+    }
+
+    pub fn handle(&self) -> ReloadHandle {
+        self.handle.clone()
+    }
+
+    pub fn context(&self) -> Arc<ProxyContext> {
+        self.ctx.clone()
+    }
+
+    /// Stops accepting, lets open connections run for up to
+    /// `shutdown.timeout` of the live configuration, then closes the rest.
+    pub async fn stop(self) {
+        let deadline = self.handle.current().config.shutdown.timeout;
+        self.ctx.stop_accepting.cancel();
+        self.stop_reloader.cancel();
+        let _ = self.reloader.await;
+        self.ctx.tracker.close();
+        let open = self.ctx.tracker.len();
+        if open > 0 {
+            tracing::info!(
+                connections = open,
+                deadline = %crate::config::format_duration(deadline),
+                "stopped accepting; waiting for open connections to finish"
+            );
+        }
+        if tokio::time::timeout(deadline, self.ctx.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                connections = self.ctx.tracker.len(),
+                "stop deadline reached; closing the remaining connections"
+            );
+            self.ctx.hard_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.ctx.tracker.wait()).await;
+        }
+    }
+}
+
+/// Runs a daemon until `shutdown` completes, reloading on SIGHUP.
+pub async fn run(
+    config_path: PathBuf,
+    shared: Arc<Shared>,
+    hooks: Vec<CommitHook>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let daemon = Daemon::start(&config_path, shared, hooks).map_err(RunError::Load)?;
+    let handle = daemon.handle();
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| RunError::Io(format!("cannot install the SIGHUP handler: {e}")))?;
+    let background = crate::triggers::start(&handle).map_err(RunError::Io)?;
+    tracing::info!(
+        generation = handle.current().id,
+        config = %config_path.display(),
+        "stayup ready"
+    );
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = hup.recv() => {
+                tracing::debug!("SIGHUP received; reloading");
+                handle.request(Trigger::Signal);
+            }
+        }
+    }
+    tracing::info!("stopping");
+    background.cancel();
+    daemon.stop().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Why the daemon could not run.
+#[derive(Debug)]
+pub enum RunError {
+    /// The first configuration was not valid.
+    Load(LoadError),
+    Io(String),
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Load(e) => e.fmt(f),
+            RunError::Io(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn terminate_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

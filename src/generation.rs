@@ -1,0 +1,363 @@
+//! Config + material -> an immutable [`Generation`].
+//!
+//! A generation is everything a connection needs for its whole life: the
+//! rustls configuration of its listener, its backend and its limits. It is
+//! never changed after it is built; a reload builds a new one. Connections
+//! hold an `Arc<Generation>`, so a superseded generation is freed exactly when
+//! its last connection ends.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, StoresServerSessions};
+use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ServerConfig, version};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Backend, Config};
+use crate::material::{CertInfo, FileDigest, LoadedCert, Material};
+
+/// State that outlives every generation: the crypto provider, and the TLS
+/// session cache and ticket keys, shared so that a client that resumes a
+/// session after a reload still can.
+pub struct Shared {
+    pub provider: Arc<CryptoProvider>,
+    pub session_cache: Arc<dyn StoresServerSessions>,
+    pub ticketer: Arc<dyn ProducesTickets>,
+    /// Open connections per listener name, across generations, for
+    /// `max_connections` per listener.
+    listener_counts: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    /// Open connections over every listener.
+    pub total_connections: Arc<AtomicUsize>,
+    /// Every generation that still exists (the live one and those draining).
+    live: Mutex<Vec<Weak<Generation>>>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Uses the aws-lc-rs provider.
+    pub fn new() -> Result<Arc<Shared>, rustls::Error> {
+        Self::with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+    }
+
+    pub fn with_provider(provider: Arc<CryptoProvider>) -> Result<Arc<Shared>, rustls::Error> {
+        Ok(Arc::new(Shared {
+            provider,
+            session_cache: ServerSessionMemoryCache::new(16 * 1024),
+            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new()?,
+            listener_counts: Mutex::new(HashMap::new()),
+            total_connections: Arc::new(AtomicUsize::new(0)),
+            live: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// The connection counter of the listener called `name`.
+    pub fn listener_counter(&self, name: &str) -> Arc<AtomicUsize> {
+        let mut map = self
+            .listener_counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.entry(name.to_string())
+            .or_insert_with(|| Arc::new(AtomicUsize::new(0)))
+            .clone()
+    }
+
+    fn register(&self, g: &Arc<Generation>) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.retain(|w| w.strong_count() > 0);
+        live.push(Arc::downgrade(g));
+    }
+
+    /// The generations that still exist, oldest first.
+    pub fn live_generations(&self) -> Vec<Arc<Generation>> {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.retain(|w| w.strong_count() > 0);
+        live.iter().filter_map(Weak::upgrade).collect()
+    }
+}
+
+/// What made a reload happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Trigger {
+    Startup,
+    Signal,
+    Control,
+    Watch,
+    Poll,
+    Api,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::Signal => "signal",
+            Trigger::Control => "control",
+            Trigger::Watch => "watch",
+            Trigger::Poll => "poll",
+            Trigger::Api => "api",
+        }
+    }
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The content a generation was built from: the top-level file's digest and
+/// every referenced file's digest. Two loads with equal identities would
+/// build the same generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The top-level path as given.
+    pub config_path: PathBuf,
+    pub config_sha256: [u8; 32],
+    pub files: Vec<FileDigest>,
+}
+
+impl Identity {
+    /// One hash over everything, for display and comparison.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.config_sha256);
+        for f in &self.files {
+            h.update(f.path.as_os_str().as_encoded_bytes());
+            h.update([0]);
+            h.update(f.sha256);
+        }
+        hex::encode(h.finalize())
+    }
+
+    pub fn config_hash(&self) -> String {
+        hex::encode(self.config_sha256)
+    }
+}
+
+/// Chooses a certificate by SNI: exact names first, then a wildcard for the
+/// parent domain, else the listener's first certificate.
+#[derive(Debug)]
+pub struct SniResolver {
+    certs: Vec<Arc<CertifiedKey>>,
+    exact: HashMap<String, usize>,
+    wildcard: HashMap<String, usize>,
+}
+
+impl SniResolver {
+    pub fn new(certs: &[LoadedCert]) -> SniResolver {
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        for (i, c) in certs.iter().enumerate() {
+            for n in &c.dns_names {
+                match n.strip_prefix("*.") {
+                    Some(suffix) => {
+                        wildcard.entry(suffix.to_string()).or_insert(i);
+                    }
+                    None => {
+                        exact.entry(n.clone()).or_insert(i);
+                    }
+                }
+            }
+        }
+        SniResolver {
+            certs: certs.iter().map(|c| c.certified.clone()).collect(),
+            exact,
+            wildcard,
+        }
+    }
+
+    /// The index of the certificate served for `sni`.
+    pub fn select(&self, sni: Option<&str>) -> usize {
+        let Some(name) = sni else { return 0 };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(&i) = self.exact.get(&name) {
+            return i;
+        }
+        if let Some((_, parent)) = name.split_once('.')
+            && let Some(&i) = self.wildcard.get(parent)
+        {
+            return i;
+        }
+        0
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.certs.get(self.select(hello.server_name())).cloned()
+    }
+}
+
+/// One listener as a generation serves it.
+#[derive(Debug)]
+pub struct ListenerRuntime {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub backend: Backend,
+    pub tls: Arc<ServerConfig>,
+    pub handshake_timeout: Duration,
+    pub max_connections: usize,
+    /// Shared with every other generation's listener of the same name.
+    pub open: Arc<AtomicUsize>,
+}
+
+/// An immutable, fully validated configuration, ready to serve.
+#[derive(Debug)]
+pub struct Generation {
+    pub id: u64,
+    pub config: Config,
+    pub identity: Identity,
+    pub trigger: Trigger,
+    pub loaded_at: SystemTime,
+    pub listeners: Vec<ListenerRuntime>,
+    by_bind: HashMap<SocketAddr, usize>,
+    pub certificates: Vec<CertInfo>,
+    /// Cancelled to close this generation's connections (drain deadline).
+    pub drain: CancellationToken,
+    connections: AtomicUsize,
+    accepted: AtomicU64,
+    pub shared: Arc<Shared>,
+}
+
+/// Why a validated configuration could still not be built into rustls
+/// configurations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildError {
+    pub listener: String,
+    pub file: Option<PathBuf>,
+    pub reason: String,
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{}: ", file.display())?;
+        }
+        write!(f, "listener {:?}: {}", self.listener, self.reason)
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+impl Generation {
+    /// Builds a generation. Does not register it as live; see [`Generation::register`].
+    pub fn build(
+        id: u64,
+        config: Config,
+        material: Material,
+        identity: Identity,
+        trigger: Trigger,
+        shared: &Arc<Shared>,
+    ) -> Result<Generation, BuildError> {
+        let mut listeners = Vec::new();
+        let mut by_bind = HashMap::new();
+        let mut certificates = Vec::new();
+        for (i, (l, m)) in config.listeners.iter().zip(material.listeners).enumerate() {
+            let err = |file: Option<PathBuf>, reason: String| BuildError {
+                listener: l.name.clone(),
+                file,
+                reason,
+            };
+            let builder = ServerConfig::builder_with_provider(shared.provider.clone())
+                .with_protocol_versions(&[&version::TLS13, &version::TLS12])
+                .map_err(|e| err(None, e.to_string()))?;
+            let builder = match &m.client_ca {
+                Some(roots) => {
+                    let verifier = WebPkiClientVerifier::builder_with_provider(
+                        roots.clone(),
+                        shared.provider.clone(),
+                    )
+                    .build()
+                    .map_err(|e| err(l.tls.client_ca.clone(), format!("client CA: {e}")))?;
+                    builder.with_client_cert_verifier(verifier)
+                }
+                None => builder.with_no_client_auth(),
+            };
+            let mut tls = builder.with_cert_resolver(Arc::new(SniResolver::new(&m.certs)));
+            tls.session_storage = shared.session_cache.clone();
+            tls.ticketer = shared.ticketer.clone();
+            certificates.extend(m.certs.iter().map(|c| c.info.clone()));
+            by_bind.insert(l.bind, i);
+            listeners.push(ListenerRuntime {
+                name: l.name.clone(),
+                bind: l.bind,
+                backend: l.backend.clone(),
+                tls: Arc::new(tls),
+                handshake_timeout: l.tls.handshake_timeout,
+                max_connections: l.max_connections,
+                open: shared.listener_counter(&l.name),
+            });
+        }
+        Ok(Generation {
+            id,
+            config,
+            identity,
+            trigger,
+            loaded_at: SystemTime::now(),
+            listeners,
+            by_bind,
+            certificates,
+            drain: CancellationToken::new(),
+            connections: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
+            shared: shared.clone(),
+        })
+    }
+
+    /// Wraps the generation and records it as live.
+    pub fn register(self) -> Arc<Generation> {
+        let g = Arc::new(self);
+        g.shared.register(&g);
+        g
+    }
+
+    /// The listener bound to the configured address `bind`, if this generation has one.
+    pub fn listener_for(&self, bind: SocketAddr) -> Option<&ListenerRuntime> {
+        self.by_bind.get(&bind).map(|&i| &self.listeners[i])
+    }
+
+    /// Connections currently open on this generation.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Connections this generation has accepted in all.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Counts a connection for as long as the guard lives.
+    pub fn track(self: &Arc<Self>) -> ConnectionGuard {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard {
+            generation: self.clone(),
+        }
+    }
+}
+
+/// Keeps a generation alive and counted while a connection uses it.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    pub generation: Arc<Generation>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.generation.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}

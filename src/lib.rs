@@ -1,0 +1,29 @@
+//! stayup: a TLS-terminating TCP proxy that reloads, not restarts.
+//!
+//! The reload core is usable on its own: [`reloader::load_candidate`] loads
+//! and validates a configuration without serving it (what `stayup check`
+//! does); [`daemon::Daemon`] runs listeners whose generation the
+//! [`reloader::Reloader`] replaces atomically; every reload returns an
+//! [`reloader::Outcome`].
+//!
+//! Data flows one way: a trigger asks the reloader; the reloader reads the
+//! [`config`], loads the [`material`], builds a [`generation`] and commits it
+//! or keeps the old one; the [`proxy`] takes one snapshot of the current
+//! generation per connection.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod demo;
+pub mod generation;
+pub mod material;
+pub mod pipe;
+pub mod pki;
+pub mod proxy;
+pub mod reloader;
+pub mod status;
+pub mod triggers;
+
+pub use generation::{Generation, Shared, Trigger};
+pub use reloader::{LoadError, Outcome, ReloadHandle, ReloadResult};

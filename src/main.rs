@@ -1,0 +1,229 @@
+//! The `stayup` command line: a thin layer over the library.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, reload};
+
+use stayup::config::{Config, LogFormat};
+use stayup::generation::{Generation, Shared};
+use stayup::reloader::{CommitHook, load_candidate};
+
+#[derive(Parser)]
+#[command(
+    name = "stayup",
+    version,
+    about = "A TLS-terminating TCP proxy that reloads, not restarts"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy in the foreground, logging to stderr.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate everything a reload would, without binding or serving.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Ask the running daemon to reload and wait for the outcome.
+    Reload {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the daemon's raw JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the running daemon's generation, certificates, connections and last reloads.
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A zero-set-up showcase: throwaway certificates, an echo backend, the
+    /// proxy, and a certificate rotation every 10 seconds.
+    Demo {
+        /// Seconds between rotations.
+        #[arg(long, default_value_t = 10)]
+        interval: u64,
+        /// The port the demo proxy listens on (0 picks a free one).
+        #[arg(long, default_value_t = 8443)]
+        port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => run(config),
+        Command::Check { config } => check(config),
+        Command::Reload { config, json } => runtime(stayup::control::cli_reload(&config, json)),
+        Command::Status { config, json } => runtime(stayup::control::cli_status(&config, json)),
+        Command::Demo { interval, port } => {
+            let _ = init_logging(LogFormat::Text);
+            runtime(stayup::demo::run(interval, port))
+        }
+    }
+}
+
+fn runtime(fut: impl std::future::Future<Output = u8>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => ExitCode::from(rt.block_on(fut)),
+        Err(e) => {
+            eprintln!("stayup: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+type FilterHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+fn filter_for(level: &str) -> EnvFilter {
+    let others = if level == "error" { "error" } else { "warn" };
+    EnvFilter::new(format!("{others},stayup={level}"))
+}
+
+/// Sets up logging to stderr. `RUST_LOG`, when set, overrides the
+/// configuration's `log.level` for good.
+fn init_logging(format: LogFormat) -> Option<FilterHandle> {
+    let from_env = std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty());
+    let filter = match &from_env {
+        Some(s) => EnvFilter::new(s),
+        None => filter_for("info"),
+    };
+    let (filter, handle) = reload::Layer::new(filter);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    tracing_subscriber::registry().with(filter).with(fmt).init();
+    from_env.is_none().then_some(handle)
+}
+
+fn run(config: PathBuf) -> ExitCode {
+    // The log format is chosen once, from the file as it is at start-up;
+    // the level follows every committed generation.
+    let format = std::fs::read(&config)
+        .ok()
+        .and_then(|b| Config::parse(&config, &b).ok())
+        .map(|c| c.log.format)
+        .unwrap_or(LogFormat::Text);
+    let filter = init_logging(format);
+    if let Err(e) = rustls::crypto::aws_lc_rs::default_provider().install_default() {
+        tracing::debug!(?e, "a crypto provider was already installed");
+    }
+    let shared = match Shared::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("stayup: cannot initialise TLS: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut hooks: Vec<CommitHook> = Vec::new();
+    if let Some(handle) = filter {
+        let last = std::sync::Mutex::new(String::new());
+        hooks.push(Box::new(move |g: &Generation| {
+            let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+            if *last != g.config.log.level {
+                last.clone_from(&g.config.log.level);
+                let _ = handle.modify(|f| *f = filter_for(&g.config.log.level));
+            }
+        }));
+    }
+    runtime(async move {
+        match stayup::daemon::run(config, shared, hooks, stayup::daemon::terminate_signal()).await {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("stayup: {e}");
+                1
+            }
+        }
+    })
+}
+
+fn check(config: PathBuf) -> ExitCode {
+    let shared = match Shared::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("stayup: cannot initialise TLS: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let now = SystemTime::now();
+    match load_candidate(&config, &shared, now) {
+        Err(e) => {
+            eprintln!("{e}");
+            println!("{}: invalid", config.display());
+            ExitCode::from(1)
+        }
+        Ok(c) => {
+            print_candidate(&c, &shared, now);
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn print_candidate(c: &stayup::reloader::Candidate, _shared: &Arc<Shared>, now: SystemTime) {
+    use stayup::status::{days_left, format_unix};
+    println!(
+        "{}: valid (sha256 {})",
+        c.config.path.display(),
+        c.identity.config_hash()
+    );
+    for (l, m) in c.config.listeners.iter().zip(&c.material.listeners) {
+        println!(
+            "listener {}: {} -> {}{}",
+            l.name,
+            l.bind,
+            l.backend,
+            if l.tls.client_ca.is_some() {
+                ", client certificates required"
+            } else {
+                ""
+            }
+        );
+        for (i, cert) in m.certs.iter().enumerate() {
+            let info = &cert.info;
+            let days = days_left(info.not_after, now);
+            println!(
+                "  certificate {}{}\n    subject {}\n    names   {}\n    valid   {} .. {} ({days} days left)\n    sha256  {}",
+                info.cert_path.display(),
+                if i == 0 { " (default)" } else { "" },
+                info.subject,
+                if info.sans.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    info.sans.join(", ")
+                },
+                format_unix(info.not_before),
+                format_unix(info.not_after),
+                info.fingerprint
+            );
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! Listeners accept, snapshot the current generation, terminate TLS and pipe
+//! to the backend.
+//!
+//! The per-connection path takes exactly one snapshot of the current
+//! generation (`load_full`, lock-free) and keeps it for the connection's
+//! life; nothing on this path takes a lock across I/O. Listening sockets are
+//! keyed by their configured address and survive reloads that keep the
+//! address, so a reload never closes and re-binds a port.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::generation::{Generation, ListenerRuntime};
+
+/// A listener address that could not be bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindError {
+    pub listener: String,
+    pub addr: SocketAddr,
+    pub reason: String,
+}
+
+impl fmt::Display for BindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "listener {:?}: cannot bind {}: {}",
+            self.listener, self.addr, self.reason
+        )
+    }
+}
+
+impl std::error::Error for BindError {}
+
+/// Counters shared by every connection, for status and metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub handshakes_ok: AtomicU64,
+    pub handshakes_failed: AtomicU64,
+    pub handshake_timeouts: AtomicU64,
+    pub backend_failures: AtomicU64,
+    pub refused_over_limit: AtomicU64,
+    pub bytes_from_clients: AtomicU64,
+    pub bytes_to_clients: AtomicU64,
+    pub drained: AtomicU64,
+}
+
+/// What every accept loop and connection shares.
+pub struct ProxyContext {
+    pub tracker: TaskTracker,
+    /// Stops every accept loop (SIGTERM).
+    pub stop_accepting: CancellationToken,
+    /// Closes every connection (the stop deadline passed).
+    pub hard_stop: CancellationToken,
+    pub counters: Counters,
+    pub total_open: AtomicUsize,
+}
+
+impl ProxyContext {
+    pub fn new() -> Arc<ProxyContext> {
+        Arc::new(ProxyContext {
+            tracker: TaskTracker::new(),
+            stop_accepting: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            counters: Counters::default(),
+            total_open: AtomicUsize::new(0),
+        })
+    }
+}
+
+struct Bound {
+    /// Stops this address's accept loop.
+    stop: CancellationToken,
+    local: SocketAddr,
+}
+
+/// Sockets bound for a candidate generation but not yet serving.
+pub struct Prepared {
+    new: Vec<(SocketAddr, TcpListener)>,
+}
+
+/// The listening sockets, keyed by configured address. Owned by the reloader.
+pub struct Listeners {
+    ctx: Arc<ProxyContext>,
+    bound: HashMap<SocketAddr, Bound>,
+}
+
+impl Listeners {
+    pub fn new(ctx: Arc<ProxyContext>) -> Listeners {
+        Listeners {
+            ctx,
+            bound: HashMap::new(),
+        }
+    }
+
+    /// The local address each configured address is actually bound to
+    /// (they differ for port 0).
+    pub fn local_addrs(&self) -> HashMap<SocketAddr, SocketAddr> {
+        self.bound.iter().map(|(k, b)| (*k, b.local)).collect()
+    }
+
+    /// Binds every address `config` has that is not bound yet. Fails whole:
+    /// if one address cannot be bound, the ones bound here are closed again.
+    pub fn prepare(&self, config: &crate::config::Config) -> Result<Prepared, BindError> {
+        let mut new = Vec::new();
+        for l in &config.listeners {
+            if self.bound.contains_key(&l.bind) {
+                continue;
+            }
+            let listener = bind(l.bind).map_err(|e| BindError {
+                listener: l.name.clone(),
+                addr: l.bind,
+                reason: e.to_string(),
+            })?;
+            new.push((l.bind, listener));
+        }
+        Ok(Prepared { new })
+    }
+
+    /// After a commit: start accepting on the new addresses and stop on the
+    /// ones the generation no longer has. Established connections are not
+    /// touched.
+    pub fn activate(
+        &mut self,
+        prepared: Prepared,
+        generation: &Generation,
+        store: Arc<ArcSwap<Generation>>,
+    ) {
+        for (addr, listener) in prepared.new {
+            let local = listener.local_addr().unwrap_or(addr);
+            let stop = CancellationToken::new();
+            tracing::info!(
+                listener = generation.listener_for(addr).map(|l| l.name.as_str()).unwrap_or(""),
+                addr = %local,
+                "listening"
+            );
+            tokio::spawn(accept_loop(
+                self.ctx.clone(),
+                store.clone(),
+                listener,
+                addr,
+                stop.clone(),
+            ));
+            self.bound.insert(addr, Bound { stop, local });
+        }
+        let gone: Vec<SocketAddr> = self
+            .bound
+            .keys()
+            .filter(|a| generation.listener_for(**a).is_none())
+            .copied()
+            .collect();
+        for addr in gone {
+            if let Some(b) = self.bound.remove(&addr) {
+                tracing::info!(addr = %b.local, "listener removed; no longer accepting");
+                b.stop.cancel();
+            }
+        }
+    }
+
+    /// Stops every accept loop.
+    pub fn stop_all(&mut self) {
+        for (_, b) in self.bound.drain() {
+            b.stop.cancel();
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // Lets a restarted stayup bind while old connections sit in TIME_WAIT;
+    // it does not let two live sockets share the port.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+async fn accept_loop(
+    ctx: Arc<ProxyContext>,
+    store: Arc<ArcSwap<Generation>>,
+    listener: TcpListener,
+    addr: SocketAddr,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = ctx.stop_accepting.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                // The one snapshot this connection will ever take.
+                let generation = store.load_full();
+                ctx.tracker
+                    .spawn(serve(ctx.clone(), generation, tcp, peer, addr));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(addr = %addr, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Decrements a counter when dropped.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn take_slot(counter: &AtomicUsize, max: usize) -> Option<Slot<'_>> {
+    let before = counter.fetch_add(1, Ordering::Relaxed);
+    let slot = Slot(counter);
+    if max != 0 && before >= max {
+        return None;
+    }
+    Some(slot)
+}
+
+async fn serve(
+    ctx: Arc<ProxyContext>,
+    generation: Arc<Generation>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    addr: SocketAddr,
+) {
+    let Some(listener) = generation.listener_for(addr) else {
+        return;
+    };
+    let limits = &generation.config.limits;
+    let Some(_total) = take_slot(&ctx.total_open, limits.max_connections) else {
+        ctx.counters
+            .refused_over_limit
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(listener = %listener.name, %peer, "connection refused: limits.max_connections reached");
+        return;
+    };
+    let Some(_own) = take_slot(&listener.open, listener.max_connections) else {
+        ctx.counters
+            .refused_over_limit
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(listener = %listener.name, %peer, "connection refused: max_connections reached");
+        return;
+    };
+    let _guard = generation.track();
+    let _ = tcp.set_nodelay(true);
+
+    let stopped = async {
+        tokio::select! {
+            _ = generation.drain.cancelled() => {}
+            _ = ctx.hard_stop.cancelled() => {}
+        }
+    };
+    tokio::select! {
+        _ = stopped => {
+            ctx.counters.drained.fetch_add(1, Ordering::Relaxed);
+        }
+        _ = handle(&ctx, &generation, listener, tcp, peer) => {}
+    }
+}
+
+async fn handle(
+    ctx: &ProxyContext,
+    generation: &Generation,
+    listener: &ListenerRuntime,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
+    let mut tls = match tokio::time::timeout(
+        listener.handshake_timeout,
+        tokio_rustls::TlsAcceptor::from(listener.tls.clone()).accept(tcp),
+    )
+    .await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            ctx.counters
+                .handshakes_failed
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(listener = %listener.name, %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            ctx.counters
+                .handshake_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(listener = %listener.name, %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    ctx.counters.handshakes_ok.fetch_add(1, Ordering::Relaxed);
+    let backend = &listener.backend;
+    let connect = TcpStream::connect((backend.host.as_str(), backend.port));
+    let mut upstream = match tokio::time::timeout(
+        generation.config.limits.backend_connect_timeout,
+        connect,
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            ctx.counters
+                .backend_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(listener = %listener.name, backend = %backend, error = %e, "backend connect failed");
+            let _ = tls.shutdown().await;
+            return;
+        }
+        Err(_) => {
+            ctx.counters
+                .backend_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(listener = %listener.name, backend = %backend, "backend connect timed out");
+            let _ = tls.shutdown().await;
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let idle = generation.config.limits.idle_timeout;
+    match pipe(&mut tls, &mut upstream, idle).await {
+        Ok((up, down)) => {
+            ctx.counters
+                .bytes_from_clients
+                .fetch_add(up, Ordering::Relaxed);
+            ctx.counters
+                .bytes_to_clients
+                .fetch_add(down, Ordering::Relaxed);
+        }
+        Err(e) => {
+            tracing::debug!(listener = %listener.name, %peer, error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// Copies both ways until both sides are done (or `idle` passes with no
+/// traffic, when non-zero).
+async fn pipe<A, B>(a: &mut A, b: &mut B, idle: Duration) -> std::io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    if idle.is_zero() {
+        return tokio::io::copy_bidirectional(a, b).await;
+    }
+    crate::pipe::copy_with_idle_timeout(a, b, idle).await
+}
