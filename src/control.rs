@@ -1,16 +1,307 @@
 //! The control socket: `reload` and `status` over line-delimited JSON.
+//!
+//! One request per line, one answer per line:
+//!
+//! ```text
+//! -> {"command":"reload"}
+//! <- {"result":"committed","generation":3,"previous":2,"trigger":"control",...}
+//! -> {"command":"status"}
+//! <- {"generation":3,"source_sha256":"...",...}
+//! ```
+//!
+//! A `reload` answer comes when the reload it started (or joined) has ended,
+//! so `stayup reload` can exit with the real outcome, unlike tools whose
+//! reload command only sends a signal.
 
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::generation::Trigger;
+use crate::proxy::ProxyContext;
+use crate::reloader::{Outcome, ReloadHandle};
+
+/// The socket a configuration names, or the default `stayup.sock` beside it.
+pub fn socket_path(config: &Config) -> PathBuf {
+    config
+        .control
+        .socket
+        .clone()
+        .unwrap_or_else(|| default_socket_path(&config.path))
+}
+
+/// `stayup.sock` in the configuration file's folder.
+pub fn default_socket_path(config_path: &Path) -> PathBuf {
+    match config_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.join("stayup.sock"),
+        _ => PathBuf::from("stayup.sock"),
+    }
+}
+
+/// Why the control socket could not be set up.
+#[derive(Debug)]
+pub enum ControlError {
+    /// Another live daemon answers on the socket.
+    InUse(PathBuf),
+    Io(PathBuf, std::io::Error),
+}
+
+impl std::fmt::Display for ControlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlError::InUse(p) => write!(
+                f,
+                "{}: another stayup daemon is answering on this control socket; refusing to take it over",
+                p.display()
+            ),
+            ControlError::Io(p, e) => {
+                write!(f, "{}: cannot create control socket: {e}", p.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ControlError {}
+
+/// Binds the control socket: a stale file from a dead process is replaced,
+/// a socket that a live daemon answers on is never stolen.
+pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    if std::fs::symlink_metadata(path).is_ok() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(ControlError::InUse(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(|e| ControlError::Io(path.to_path_buf(), e))?;
+    }
+    // Bind under a temporary name, restrict it, then rename into place, so
+    // the socket is never reachable with looser permissions.
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "stayup.sock".into()),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(|e| ControlError::Io(path.to_path_buf(), e))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            ControlError::Io(path.to_path_buf(), e)
+        })?;
+    Ok(listener)
+}
+
+/// Serves the control socket until `stop`; removes the socket file then.
+pub async fn serve(
+    listener: UnixListener,
+    path: PathBuf,
+    handle: ReloadHandle,
+    ctx: Arc<ProxyContext>,
+    stop: CancellationToken,
+) {
+    loop {
+        let conn = tokio::select! {
+            _ = stop.cancelled() => break,
+            c = listener.accept() => c,
+        };
+        match conn {
+            Ok((stream, _)) => {
+                let handle = handle.clone();
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = session(stream, handle, ctx).await {
+                        tracing::debug!(error = %e, "control connection ended");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+async fn session(
+    stream: UnixStream,
+    handle: ReloadHandle,
+    ctx: Arc<ProxyContext>,
+) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    while let Some(line) = lines.next_line().await? {
+        if line.len() > 64 * 1024 {
+            break;
+        }
+        let answer = answer(&line, &handle, &ctx).await;
+        let mut text = answer.to_string();
+        text.push('\n');
+        w.write_all(text.as_bytes()).await?;
+    }
+    Ok(())
+}
+
+async fn answer(line: &str, handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
+    let request: Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => return json!({ "error": format!("request is not JSON: {e}") }),
+    };
+    match request.get("command").and_then(Value::as_str) {
+        Some("reload") => match handle.reload(Trigger::Control).await {
+            Some(o) => outcome_json(&o),
+            None => json!({ "error": "the reloader has stopped" }),
+        },
+        Some("status") => crate::status::status_json(handle, ctx),
+        Some(other) => json!({ "error": format!("unknown command {other:?}") }),
+        None => json!({ "error": "request has no \"command\"" }),
+    }
+}
+
+/// The JSON form of an outcome, as the control socket and status give it.
+pub fn outcome_json(o: &Outcome) -> Value {
+    json!({
+        "result": o.result.as_str(),
+        "generation": o.generation,
+        "previous": o.previous,
+        "trigger": o.trigger.as_str(),
+        "reason": o.reason,
+        "class": o.error_class,
+        "changes": o.changes.iter().map(|c| json!({
+            "kind": c.kind,
+            "subject": c.subject,
+            "from": c.from,
+            "to": c.to,
+        })).collect::<Vec<_>>(),
+        "at": crate::status::format_system_time(o.at),
+        "duration_ms": (o.duration.as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
+    })
+}
+
+/// Sends one request to the daemon at `socket` and returns its answer.
+pub async fn request(socket: &Path, command: &str) -> std::io::Result<Value> {
+    let stream = UnixStream::connect(socket).await?;
+    let (r, mut w) = stream.into_split();
+    let mut line = json!({ "command": command }).to_string();
+    line.push('\n');
+    w.write_all(line.as_bytes()).await?;
+    let mut lines = BufReader::new(r).lines();
+    match lines.next_line().await? {
+        Some(l) => serde_json::from_str(&l)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        None => Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the daemon closed the control connection without answering",
+        )),
+    }
+}
+
+/// Finds the control socket for the configuration at `config_path`. When
+/// the file does not parse (the case a reload is about to reject), the
+/// default location is tried; the parse error is returned alongside.
+pub fn locate(config_path: &Path) -> (PathBuf, Option<String>) {
+    match crate::config::read_config_bytes(config_path).and_then(|b| Config::parse(config_path, &b))
+    {
+        Ok(c) => (socket_path(&c), None),
+        Err(e) => (default_socket_path(config_path), Some(e.to_string())),
+    }
+}
 
 /// `stayup reload`: asks the daemon for a reload and prints the outcome.
 /// Returns the exit status: 0 committed or unchanged, 1 rejected, 2 unreachable.
-pub async fn cli_reload(_config: &Path, _json: bool) -> u8 {
-    eprintln!("stayup reload: the control socket is not available in this build");
-    2
+pub async fn cli_reload(config: &Path, as_json: bool) -> u8 {
+    let (socket, parse_error) = locate(config);
+    let answer = match request(&socket, "reload").await {
+        Ok(a) => a,
+        Err(e) => {
+            if let Some(reason) = parse_error {
+                // Whatever daemon runs, it would reject this content.
+                eprintln!("stayup reload: {reason}");
+                eprintln!(
+                    "stayup reload: the configuration does not parse, so a reload would be rejected; no daemon found at {} ({e})",
+                    socket.display()
+                );
+                return 1;
+            }
+            eprintln!(
+                "stayup reload: no daemon answering on {}: {e}",
+                socket.display()
+            );
+            return 2;
+        }
+    };
+    if as_json {
+        println!("{answer}");
+    } else {
+        print_outcome(&answer);
+    }
+    match answer.get("result").and_then(Value::as_str) {
+        Some("committed") | Some("unchanged") => 0,
+        Some("rejected") => 1,
+        _ => {
+            eprintln!("stayup reload: unexpected answer from the daemon: {answer}");
+            2
+        }
+    }
+}
+
+fn print_outcome(a: &Value) {
+    let result = a.get("result").and_then(Value::as_str).unwrap_or("?");
+    let generation = a.get("generation").and_then(Value::as_u64).unwrap_or(0);
+    let previous = a.get("previous").and_then(Value::as_u64).unwrap_or(0);
+    match result {
+        "committed" => println!("committed: generation {generation} (was {previous})"),
+        "unchanged" => println!("unchanged: generation {generation} keeps serving (same content)"),
+        "rejected" => {
+            println!("rejected: generation {generation} keeps serving");
+            if let Some(r) = a.get("reason").and_then(Value::as_str) {
+                println!("reason: {r}");
+            }
+        }
+        other => println!("{other}"),
+    }
+    if let Some(changes) = a.get("changes").and_then(Value::as_array) {
+        for c in changes {
+            let kind = c.get("kind").and_then(Value::as_str).unwrap_or("");
+            let subject = c.get("subject").and_then(Value::as_str).unwrap_or("");
+            let from = c.get("from").and_then(Value::as_str);
+            let to = c.get("to").and_then(Value::as_str);
+            match (from, to) {
+                (Some(f), Some(t)) => println!("  {kind} {subject}: {f} -> {t}"),
+                (None, Some(t)) => println!("  {kind} {subject}: {t}"),
+                (Some(f), None) => println!("  {kind} {subject}: {f}"),
+                (None, None) => println!("  {kind} {subject}"),
+            }
+        }
+    }
 }
 
 /// `stayup status`: prints the daemon's status. 0, or 2 unreachable.
-pub async fn cli_status(_config: &Path, _json: bool) -> u8 {
-    eprintln!("stayup status: the control socket is not available in this build");
-    2
+pub async fn cli_status(config: &Path, as_json: bool) -> u8 {
+    let (socket, _) = locate(config);
+    match request(&socket, "status").await {
+        Ok(s) => {
+            if as_json {
+                println!("{s}");
+            } else {
+                crate::status::print_status(&s);
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!(
+                "stayup status: no daemon answering on {}: {e}",
+                socket.display()
+            );
+            2
+        }
+    }
 }

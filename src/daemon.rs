@@ -102,7 +102,9 @@ pub async fn run(
     let handle = daemon.handle();
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| RunError::Io(format!("cannot install the SIGHUP handler: {e}")))?;
-    let background = crate::triggers::start(&handle).map_err(RunError::Io)?;
+    let background = crate::triggers::start(&handle, &daemon.context())
+        .await
+        .map_err(RunError::Io)?;
     tracing::info!(
         generation = handle.current().id,
         config = %config_path.display(),

@@ -159,7 +159,6 @@ fn run(config: PathBuf) -> ExitCode {
             Ok(()) => 0,
             Err(e) => {
                 tracing::error!("{e}");
-                eprintln!("stayup: {e}");
                 1
             }
         }
