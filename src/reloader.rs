@@ -389,6 +389,7 @@ pub struct ReloadHandle {
     store: Arc<ArcSwap<Generation>>,
     history: Arc<Mutex<VecDeque<Outcome>>>,
     outcomes: broadcast::Sender<Outcome>,
+    modified_in_place: Arc<Mutex<Vec<PathBuf>>>,
     pub shared: Arc<Shared>,
     pub config_path: PathBuf,
 }
@@ -444,6 +445,24 @@ impl ReloadHandle {
             .collect()
     }
 
+    /// Records the referenced files of the live generation whose content
+    /// no longer matches what it loaded (changed in place, against the
+    /// immutability contract). Replaces the previous list.
+    pub fn set_modified_in_place(&self, files: Vec<PathBuf>) {
+        *self
+            .modified_in_place
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = files;
+    }
+
+    /// Referenced files of the live generation found changed in place.
+    pub fn modified_in_place(&self) -> Vec<PathBuf> {
+        self.modified_in_place
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Every future outcome, from every trigger.
     pub fn subscribe(&self) -> broadcast::Receiver<Outcome> {
         self.outcomes.subscribe()
@@ -493,6 +512,7 @@ impl Reloader {
             store,
             history: Arc::new(Mutex::new(VecDeque::new())),
             outcomes,
+            modified_in_place: Arc::new(Mutex::new(Vec::new())),
             shared,
             config_path: config_path.to_path_buf(),
         };
