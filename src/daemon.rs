@@ -57,6 +57,14 @@ impl Daemon {
         self.handle.clone()
     }
 
+    /// Configured listener address -> the local address actually bound
+    /// (they differ for port 0).
+    pub fn local_addrs(
+        &self,
+    ) -> std::collections::HashMap<std::net::SocketAddr, std::net::SocketAddr> {
+        self.ctx.local_addrs()
+    }
+
     pub fn context(&self) -> Arc<ProxyContext> {
         self.ctx.clone()
     }

@@ -64,6 +64,8 @@ pub struct ProxyContext {
     pub hard_stop: CancellationToken,
     pub counters: Counters,
     pub total_open: AtomicUsize,
+    /// Configured address -> the address actually bound (differs for port 0).
+    bound: std::sync::Mutex<HashMap<SocketAddr, SocketAddr>>,
 }
 
 impl ProxyContext {
@@ -74,7 +76,18 @@ impl ProxyContext {
             hard_stop: CancellationToken::new(),
             counters: Counters::default(),
             total_open: AtomicUsize::new(0),
+            bound: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Configured listener address -> the local address actually bound.
+    pub fn local_addrs(&self) -> HashMap<SocketAddr, SocketAddr> {
+        self.bound.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn record_bound(&self, bound: &HashMap<SocketAddr, Bound>) {
+        *self.bound.lock().unwrap_or_else(|p| p.into_inner()) =
+            bound.iter().map(|(k, b)| (*k, b.local)).collect();
     }
 }
 
@@ -101,12 +114,6 @@ impl Listeners {
             ctx,
             bound: HashMap::new(),
         }
-    }
-
-    /// The local address each configured address is actually bound to
-    /// (they differ for port 0).
-    pub fn local_addrs(&self) -> HashMap<SocketAddr, SocketAddr> {
-        self.bound.iter().map(|(k, b)| (*k, b.local)).collect()
     }
 
     /// Binds every address `config` has that is not bound yet. Fails whole:
@@ -165,6 +172,7 @@ impl Listeners {
                 b.stop.cancel();
             }
         }
+        self.ctx.record_bound(&self.bound);
     }
 
     /// Stops every accept loop.
@@ -172,6 +180,7 @@ impl Listeners {
         for (_, b) in self.bound.drain() {
             b.stop.cancel();
         }
+        self.ctx.record_bound(&self.bound);
     }
 }
 
