@@ -514,3 +514,50 @@ pub async fn wait_refused(addr: SocketAddr) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+impl Streamer {
+    /// Waits (without asking it to stop) until the stream breaks, and
+    /// returns why. Fails if it is still healthy after `WAIT`.
+    pub async fn wait_broken(self) -> String {
+        match tokio::time::timeout(WAIT, self.task).await {
+            Err(_) => panic!("the stream is still healthy after {WAIT:?}"),
+            Ok(Err(e)) => format!("streamer task failed: {e}"),
+            Ok(Ok(Ok(n))) => panic!("the streamer stopped cleanly after {n} bytes"),
+            Ok(Ok(Err(why))) => why,
+        }
+    }
+
+    /// Whether the stream has ended (broken or stopped).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+/// `stayup check --config <config>`: (exit code, stdout, stderr).
+pub fn check(config: &Path) -> (i32, String, String) {
+    let path = config.to_str().expect("utf-8 path");
+    stayup(&["check", "--config", path])
+}
+
+/// The `reason=` part of a `reload rejected` log line.
+pub fn rejection_reason(line: &str) -> &str {
+    line.split_once("reason=")
+        .map(|(_, r)| r.trim())
+        .unwrap_or_else(|| panic!("no reason= in {line:?}"))
+}
+
+/// Opens a TLS connection and starts streaming checksummed data through it.
+pub async fn streamer_at(addr: SocketAddr, sni: &str, cfg: Arc<rustls::ClientConfig>) -> Streamer {
+    let s = tokio::time::timeout(WAIT, connect(addr, sni, cfg))
+        .await
+        .expect("connect timed out")
+        .expect("TLS connect");
+    let streamer = Streamer::start(s);
+    streamer.advance(4096).await;
+    streamer
+}
+
+/// A free loopback address.
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
