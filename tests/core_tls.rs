@@ -269,3 +269,142 @@ async fn tls13_session_resumes_across_a_reload() {
 async fn tls12_session_resumes_across_a_reload() {
     resumes_across_a_reload(&rustls::version::TLS12).await;
 }
+
+/// A client with its own resumption store, presenting `auth`.
+fn resuming_client_auth(
+    site: &Site,
+    version: &'static SupportedProtocolVersion,
+    auth: &stayup::pki::Pem,
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(site.ca.pem.cert.as_bytes()) {
+        roots.add(c.expect("CA pem")).expect("add root");
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(auth.cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("client chain");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(auth.key.as_bytes()).expect("key");
+    let mut cfg = rustls::ClientConfig::builder_with_protocol_versions(&[version])
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client auth");
+    cfg.resumption = Resumption::store(Arc::new(ClientSessionMemoryCache::new(64)));
+    Arc::new(cfg)
+}
+
+async fn handshake(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    tokio::time::timeout(WAIT, connect(addr, "localhost", cfg))
+        .await
+        .expect("connect timed out")
+        .expect("connect")
+}
+
+/// A session from a listener without client authentication must not let a
+/// client into a listener that requires it (the session store and ticket
+/// keys are shared by every listener and generation).
+async fn resumption_does_not_bypass_client_auth(version: &'static SupportedProtocolVersion) {
+    let site = Site::new();
+    let backend = EchoBackend::start().await;
+    site.cert("a", &["localhost"]);
+    let clients = Ca::new("stayup test client CA").expect("CA");
+    site.write("ca/clients.pem", &clients.pem.cert);
+    let (public, private) = (free_addr(), free_addr());
+    site.publish(&format!(
+        "listeners:\n{}{}reload:\n  watch: false\n",
+        listener_yaml("public", public, backend.addr, &["a"]),
+        listener_yaml("private", private, backend.addr, &["a"]).replacen(
+            "      certificates:\n",
+            "      client_ca: ca/clients.pem\n      certificates:\n",
+            1
+        ),
+    ));
+    let d = Daemon::start(&site.config).await;
+    let client = resuming_client(&site, version);
+    let mut s = handshake(public, client.clone()).await;
+    echo_round_trip(&mut s, b"public").await;
+    let mut again = handshake(public, client.clone()).await;
+    assert_eq!(
+        again.get_ref().1.handshake_kind(),
+        Some(HandshakeKind::Resumed)
+    );
+    echo_round_trip(&mut again, b"public").await;
+    drop((s, again));
+    assert_refused(private, client).await;
+    assert_eq!(backend.accepted.load(Ordering::Relaxed), 2);
+    assert!(d.stop().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls13_resumption_does_not_bypass_client_auth() {
+    resumption_does_not_bypass_client_auth(&rustls::version::TLS13).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls12_resumption_does_not_bypass_client_auth() {
+    resumption_does_not_bypass_client_auth(&rustls::version::TLS12).await;
+}
+
+/// After a reload replaces the client CA, a client of the old CA cannot get
+/// in by resuming its session; a reload that keeps the client CA keeps
+/// resumption working for authenticated clients.
+async fn client_ca_change_ends_resumption(version: &'static SupportedProtocolVersion) {
+    let site = Site::new();
+    let backend = EchoBackend::start().await;
+    site.cert("a", &["localhost"]);
+    site.cert("b", &["localhost"]);
+    let old_ca = Ca::new("old client CA").expect("CA");
+    let new_ca = Ca::new("new client CA").expect("CA");
+    site.write("ca/old.pem", &old_ca.pem.cert);
+    site.write("ca/new.pem", &new_ca.pem.cert);
+    let mut spec = LeafSpec::server(&["client.example.test"]);
+    spec.client = true;
+    let member = old_ca.leaf(&spec).expect("client cert");
+    let bind = free_addr();
+    let config = |cert: &str, ca: &str| {
+        simple_config(bind, backend.addr, cert).replacen(
+            "      certificates:\n",
+            &format!("      client_ca: ca/{ca}.pem\n      certificates:\n"),
+            1,
+        )
+    };
+    site.publish(&config("a", "old"));
+    let mut d = Daemon::start(&site.config).await;
+    let client = resuming_client_auth(&site, version, &member);
+    let mut s = handshake(bind, client.clone()).await;
+    echo_round_trip(&mut s, b"member").await;
+
+    // Only the server certificate changes: the session resumes.
+    site.publish(&config("b", "old"));
+    assert!(d.reload().await.contains("reload committed"));
+    let mut resumed = handshake(bind, client.clone()).await;
+    assert_eq!(
+        resumed.get_ref().1.handshake_kind(),
+        Some(HandshakeKind::Resumed)
+    );
+    echo_round_trip(&mut resumed, b"member").await;
+
+    // The client CA changes: the old CA's client is refused, resumption or not.
+    site.publish(&config("b", "new"));
+    let line = d.reload().await;
+    assert!(line.contains("client-ca-changed"), "{line}");
+    assert_refused(bind, client).await;
+    // The connections made before the change keep running.
+    echo_round_trip(&mut s, b"still").await;
+    echo_round_trip(&mut resumed, b"still").await;
+    drop((s, resumed));
+    assert_eq!(backend.accepted.load(Ordering::Relaxed), 2);
+    assert!(d.stop().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls13_client_ca_change_ends_resumption() {
+    client_ca_change_ends_resumption(&rustls::version::TLS13).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls12_client_ca_change_ends_resumption() {
+    client_ca_change_ends_resumption(&rustls::version::TLS12).await;
+}
