@@ -276,3 +276,31 @@ async fn unchanged_address_keeps_its_socket_across_reloads() {
     );
     assert!(d.stop().await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_listener_can_come_back_at_once() {
+    let site = Site::new();
+    let backend = EchoBackend::start().await;
+    let a = site.cert("a", &["localhost"]);
+    let (web, api) = (free_addr(), free_addr());
+    let both = config(&[
+        ("web", web, backend.addr, "a"),
+        ("api", api, backend.addr, "a"),
+    ]);
+    let one = config(&[("web", web, backend.addr, "a")]);
+    site.publish(&both);
+    let mut d = Daemon::start(&site.config).await;
+    for i in 0..10 {
+        site.publish(&one);
+        let line = d.reload().await;
+        assert!(line.contains("listener-removed api"), "{i}: {line}");
+        site.publish(&both);
+        let line = d.reload().await;
+        assert!(line.contains("listener-added api"), "{i}: {line}");
+    }
+    assert_eq!(
+        fingerprint_at(api, "localhost", site.client()).await,
+        a.fingerprint()
+    );
+    assert!(d.stop().await.success());
+}

@@ -183,6 +183,13 @@ async fn truncated_pem() {
     let [_, key] = write_pair(&l.site, "short-key", &p.cert, half);
     let yaml = l.config_with("short-key");
     l.expect_rejected(&yaml, "not-pem", &[&key]).await;
+
+    // A complete key followed by a cut-off block: the file was cut short.
+    let cut = format!("{}{}", p.key, half);
+    let [_, key] = write_pair(&l.site, "cut-key", &p.cert, cut);
+    let yaml = l.config_with("cut-key");
+    let reason = l.expect_rejected(&yaml, "not-pem", &[&key]).await;
+    assert!(reason.contains("truncated"), "{reason}");
     l.finish().await;
 }
 
