@@ -460,6 +460,11 @@ async fn new_bind_address_that_cannot_be_bound() {
         l.good.fingerprint()
     );
     wait_refused(fine).await;
+    assert!(
+        !l.d.output().contains(&format!("addr={fine}")),
+        "{fine} started listening for a rejected generation:\n{}",
+        l.d.output()
+    );
     l.streamer.advance(8 * 1024).await;
     // `stayup check` does not bind, so for it this configuration is valid.
     let (code, out, err) = check(&config);

@@ -129,3 +129,57 @@ async fn drain_timeout_closes_the_old_generation_only() {
     new.finish().await.expect("new-generation stream intact");
     assert!(d.stop().await.success());
 }
+
+/// The generations `stayup status --json` reports: (id, connections).
+fn live_generations(config: &std::path::Path) -> Vec<(u64, u64)> {
+    let (code, out, err) = stayup(&["status", "--config", config.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
+    v["generations"]
+        .as_array()
+        .expect("generations")
+        .iter()
+        .map(|g| {
+            (
+                g["generation"].as_u64().expect("id"),
+                g["connections"].as_u64().expect("connections"),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn superseded_generation_is_freed_when_its_last_connection_ends() {
+    let site = Site::new();
+    let backend = EchoBackend::start().await;
+    site.cert("a", &["localhost"]);
+    site.cert("b", &["localhost"]);
+    let bind = free_addr();
+    site.publish(&simple_config(bind, backend.addr, "a"));
+    let mut d = Daemon::start(&site.config).await;
+    let old = streamer_at(bind, "localhost", site.client()).await;
+    site.publish(&simple_config(bind, backend.addr, "b"));
+    assert!(d.reload().await.contains("reload committed generation=2"));
+    // A connection that ended long ago does not keep its generation either.
+    fingerprint_at(bind, "localhost", site.client()).await;
+
+    let mut gens = live_generations(&site.config);
+    gens.sort();
+    assert_eq!(gens.first(), Some(&(1, 1)), "{gens:?}");
+    assert_eq!(gens.last().map(|g| g.0), Some(2), "{gens:?}");
+
+    old.finish().await.expect("stream intact");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let gens = live_generations(&site.config);
+        if gens.iter().all(|g| g.0 == 2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "generation 1 still live: {gens:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(d.stop().await.success());
+}
