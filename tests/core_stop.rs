@@ -33,6 +33,7 @@ async fn sigterm_stops_accepting_and_lets_open_connections_finish() {
     assert!(status.success(), "{status}");
     // It exited because the connection ended, not at the 30 s deadline.
     assert!(closed.elapsed() < Duration::from_secs(20));
+    d.wait_stopped_line().await;
     assert!(
         !d.output().contains("stop deadline reached"),
         "{}",
@@ -80,11 +81,9 @@ async fn shutdown_timeout_closes_lingering_connections_and_exits_zero() {
     );
     let status = d.wait_exit().await;
     assert!(status.success(), "{status}");
-    assert!(
-        d.output().contains("stop deadline reached"),
-        "{}",
-        d.output()
-    );
+    d.wait_printed(|l| l.contains("stop deadline reached"))
+        .await;
+    d.wait_stopped_line().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
