@@ -304,3 +304,27 @@ async fn removed_listener_can_come_back_at_once() {
     );
     assert!(d.stop().await.success());
 }
+
+/// Sockets are kept across reloads by their configured address, so two
+/// listeners may not share one, not even `127.0.0.1:0`.
+#[test]
+fn two_port_zero_listeners_are_one_address_used_twice() {
+    let site = Site::new();
+    site.cert("a", &["localhost"]);
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let backend = free_addr();
+    site.publish(&config(&[
+        ("one", any, backend, "a"),
+        ("two", any, backend, "a"),
+    ]));
+    let (code, out, err) = check(&site.config);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("bind address 127.0.0.1:0 is used by another listener"),
+        "{err}"
+    );
+    // One port-0 listener is fine.
+    site.publish(&config(&[("one", any, backend, "a")]));
+    let (code, out, err) = check(&site.config);
+    assert_eq!(code, 0, "{out}\n{err}");
+}
