@@ -498,6 +498,22 @@ async fn sighup_with_random_configuration_keeps_serving() {
         );
         streamer.advance(8 * 1024).await;
     }
+    // Random bytes as the certificate and key of a new configuration.
+    for case in 0..3 {
+        let name = format!("random{case}");
+        site.write(&format!("certs/{name}.pem"), rng.bytes(3000));
+        stayup::pki::write_private(&site.path(&format!("certs/{name}.key")), &rng.bytes(3000))
+            .expect("write key");
+        site.publish(&simple_config(bind, backend.addr, &name));
+        let line = d.reload().await;
+        assert!(line.contains("reload rejected"), "case {case}: {line}");
+        assert!(line.contains(&name), "{line}");
+        assert_eq!(
+            fingerprint_at(bind, "localhost", site.client()).await,
+            good.fingerprint()
+        );
+        streamer.advance(8 * 1024).await;
+    }
     assert!(!d.output().contains("panicked"), "{}", d.output());
     streamer.finish().await.expect("stream intact");
     assert!(d.stop().await.success());
