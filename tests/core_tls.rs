@@ -1,6 +1,7 @@
 //! TLS behaviour through the real daemon: certificate selection by SNI,
 //! client-certificate authentication, and session resumption across a
-//! reload for TLS 1.3 and TLS 1.2.
+//! reload for TLS 1.3 and TLS 1.2 (but never into a listener, or past a
+//! client CA change, whose client authentication the session did not pass).
 
 mod common;
 use common::*;
@@ -12,6 +13,7 @@ use std::sync::atomic::Ordering;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ClientSessionMemoryCache, Resumption};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, HandshakeKind, SignatureScheme, SupportedProtocolVersion};
 use stayup::pki::{Ca, LeafSpec};
@@ -209,8 +211,6 @@ fn resuming_client(
     cfg.resumption = Resumption::store(Arc::new(ClientSessionMemoryCache::new(64)));
     Arc::new(cfg)
 }
-
-use rustls::pki_types::pem::PemObject;
 
 async fn resumes_across_a_reload(version: &'static SupportedProtocolVersion) {
     let site = Site::new();
