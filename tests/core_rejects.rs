@@ -489,3 +489,25 @@ async fn new_bind_address_that_cannot_be_bound() {
     l.streamer.advance(8 * 1024).await;
     l.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_truncated_and_binary_configuration() {
+    let mut l = live().await;
+    let config = l.site.config.clone();
+
+    let reason = l.expect_rejected("", "config-empty", &[&config]).await;
+    assert!(reason.contains("empty"), "{reason}");
+    l.expect_rejected("# nothing here\n\n", "config-empty", &[&config])
+        .await;
+
+    // Cut off in the middle of the listener.
+    let full = l.config_with("good");
+    let cut = &full[..full.find("tls:").expect("tls")];
+    let reason = l.expect_rejected(cut, "config-syntax", &[&config]).await;
+    assert!(reason.contains("tls"), "{reason}");
+
+    // A certificate where the configuration should be.
+    let pem = l.good.cert.clone();
+    l.expect_rejected(&pem, "config-syntax", &[&config]).await;
+    l.finish().await;
+}
