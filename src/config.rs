@@ -575,7 +575,10 @@ impl Config {
                     ),
                 )
             })?;
-            if bind.port() != 0 && !binds.insert(bind) {
+            // Port 0 too: sockets are kept across reloads by their
+            // configured address, so two listeners on one address (even a
+            // "pick any port" one) would share one identity.
+            if !binds.insert(bind) {
                 return Err(ConfigError::invalid(
                     path,
                     at(&l.bind),

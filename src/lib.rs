@@ -22,6 +22,7 @@ pub mod pipe;
 pub mod pki;
 pub mod proxy;
 pub mod reloader;
+pub mod resumption;
 pub mod status;
 pub mod triggers;
 

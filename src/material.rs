@@ -503,8 +503,14 @@ fn parse_certs(
             reason: describe_non_pem(bytes, "certificate"),
         });
     }
-    // The PEM iterator skips sections it does not know; a file that also has
-    // a truncated section must still be refused, so count BEGIN/END lines.
+    reject_unbalanced(path, bytes, what)?;
+    Ok(certs)
+}
+
+/// The PEM parsers stop at the first item they want and skip sections they
+/// do not know; a file that also has a cut-off section was cut short (or
+/// half written) and must still be refused, so count BEGIN/END lines.
+fn reject_unbalanced(path: &Path, bytes: &[u8], what: &'static str) -> Result<(), MaterialError> {
     let text = String::from_utf8_lossy(bytes);
     let begins = text.matches("-----BEGIN ").count();
     let ends = text.matches("-----END ").count();
@@ -515,7 +521,7 @@ fn parse_certs(
             reason: "truncated: a -----BEGIN line has no matching -----END line".into(),
         });
     }
-    Ok(certs)
+    Ok(())
 }
 
 fn format_time(t: &ASN1Time) -> String {
@@ -549,6 +555,7 @@ fn load_pair(
             file: key_path.to_path_buf(),
         });
     }
+    reject_unbalanced(key_path, key_bytes, "private key")?;
     let key = PrivateKeyDer::from_pem_slice(key_bytes).map_err(|e| MaterialError::NotPem {
         file: key_path.to_path_buf(),
         what: "private key",

@@ -514,3 +514,110 @@ pub async fn wait_refused(addr: SocketAddr) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+impl Streamer {
+    /// Waits (without asking it to stop) until the stream breaks, and
+    /// returns why. Fails if it is still healthy after `WAIT`.
+    pub async fn wait_broken(self) -> String {
+        match tokio::time::timeout(WAIT, self.task).await {
+            Err(_) => panic!("the stream is still healthy after {WAIT:?}"),
+            Ok(Err(e)) => format!("streamer task failed: {e}"),
+            Ok(Ok(Ok(n))) => panic!("the streamer stopped cleanly after {n} bytes"),
+            Ok(Ok(Err(why))) => why,
+        }
+    }
+
+    /// Whether the stream has ended (broken or stopped).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+/// `stayup check --config <config>`: (exit code, stdout, stderr).
+pub fn check(config: &Path) -> (i32, String, String) {
+    let path = config.to_str().expect("utf-8 path");
+    stayup(&["check", "--config", path])
+}
+
+/// The `reason=` part of a `reload rejected` log line.
+pub fn rejection_reason(line: &str) -> &str {
+    line.split_once("reason=")
+        .map(|(_, r)| r.trim())
+        .unwrap_or_else(|| panic!("no reason= in {line:?}"))
+}
+
+/// Opens a TLS connection and starts streaming checksummed data through it.
+pub async fn streamer_at(addr: SocketAddr, sni: &str, cfg: Arc<rustls::ClientConfig>) -> Streamer {
+    let s = tokio::time::timeout(WAIT, connect(addr, sni, cfg))
+        .await
+        .expect("connect timed out")
+        .expect("TLS connect");
+    let streamer = Streamer::start(s);
+    streamer.advance(4096).await;
+    streamer
+}
+
+/// A free loopback address for a listener. The port is picked below the
+/// kernel's ephemeral range, so that no client connection made meanwhile
+/// (by this test or by any other one running in parallel) can take it
+/// between the pick and the daemon's bind.
+pub fn free_addr() -> SocketAddr {
+    static PICKS: AtomicU64 = AtomicU64::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(32768);
+    let low = 10_000u64;
+    if ephemeral_low > low + 1000 {
+        let span = ephemeral_low - low;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0);
+        let mut x = (std::process::id() as u64) << 32 ^ nanos;
+        for _ in 0..1000 {
+            x = x
+                .wrapping_add(PICKS.fetch_add(1, Ordering::Relaxed))
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let port = (low + (x >> 33) % span) as u16;
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            if std::net::TcpListener::bind(addr).is_ok() {
+                return addr;
+            }
+        }
+    }
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+impl Daemon {
+    /// Waits until some line of the output satisfies `pred`, and returns it.
+    /// Unlike `wait_for`, this works after the daemon exited: its last lines
+    /// may still be on their way through the pipe when the exit is seen.
+    pub async fn wait_printed(&self, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .expect("lines")
+                .iter()
+                .find(|l| pred(l.as_str()))
+            {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for a line; output:\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits for the last line a clean stop prints.
+    pub async fn wait_stopped_line(&self) {
+        self.wait_printed(|l| l.trim_end().ends_with("stayup::daemon: stopped"))
+            .await;
+    }
+}
