@@ -13,7 +13,7 @@
 //! so `stayup reload` can exit with the real outcome, unlike tools whose
 //! reload command only sends a signal.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,13 +70,21 @@ impl std::fmt::Display for ControlError {
 
 impl std::error::Error for ControlError {}
 
+/// Fails with [`ControlError::InUse`] when a live daemon answers on `path`.
+/// `stayup run` asks this before it binds any listener, so a second daemon
+/// started by mistake refuses without touching the first one's ports.
+pub async fn ensure_free(path: &Path) -> Result<(), ControlError> {
+    if std::fs::symlink_metadata(path).is_ok() && UnixStream::connect(path).await.is_ok() {
+        return Err(ControlError::InUse(path.to_path_buf()));
+    }
+    Ok(())
+}
+
 /// Binds the control socket: a stale file from a dead process is replaced,
 /// a socket that a live daemon answers on is never stolen.
 pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     if std::fs::symlink_metadata(path).is_ok() {
-        if UnixStream::connect(path).await.is_ok() {
-            return Err(ControlError::InUse(path.to_path_buf()));
-        }
+        ensure_free(path).await?;
         std::fs::remove_file(path).map_err(|e| ControlError::Io(path.to_path_buf(), e))?;
     }
     // Bind under a temporary name, restrict it, then rename into place, so
@@ -99,7 +107,16 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     Ok(listener)
 }
 
-/// Serves the control socket until `stop`; removes the socket file then.
+/// The inode of the socket file we bound, so that we only ever remove our
+/// own file (not one that replaced it).
+fn inode(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Serves the control socket until `stop`; removes the socket file then
+/// (if it is still ours) before returning.
 pub async fn serve(
     listener: UnixListener,
     path: PathBuf,
@@ -107,6 +124,7 @@ pub async fn serve(
     ctx: Arc<ProxyContext>,
     stop: CancellationToken,
 ) {
+    let ours = inode(&path);
     loop {
         let conn = tokio::select! {
             _ = stop.cancelled() => break,
@@ -128,7 +146,75 @@ pub async fn serve(
             }
         }
     }
-    let _ = std::fs::remove_file(&path);
+    drop(listener);
+    if ours.is_some() && inode(&path) == ours {
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+/// Serves the control socket at the path the current generation names and
+/// follows it through reloads: when a committed generation names another
+/// `control.socket`, the new socket is bound first and the old one closed
+/// and removed; if the new one cannot be bound, the old one keeps serving.
+/// Returns after `stop`, once the socket file is removed.
+pub async fn run(
+    first: Option<(PathBuf, UnixListener)>,
+    handle: ReloadHandle,
+    ctx: Arc<ProxyContext>,
+    stop: CancellationToken,
+) {
+    let mut outcomes = handle.subscribe();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let start = |path: PathBuf, l: UnixListener| {
+        let token = stop.child_token();
+        tasks.spawn(serve(
+            l,
+            path.clone(),
+            handle.clone(),
+            ctx.clone(),
+            token.clone(),
+        ));
+        (path, token)
+    };
+    let mut current = first.map(|(p, l)| start(p, l));
+    loop {
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = outcomes.recv() => match r {
+                Ok(o) => Some(o),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+        };
+        if outcome.is_some_and(|o| o.result != crate::reloader::ReloadResult::Committed) {
+            continue;
+        }
+        let wanted = socket_path(&handle.current().config);
+        if current.as_ref().is_some_and(|(p, _)| *p == wanted) {
+            continue;
+        }
+        match bind(&wanted).await {
+            Ok(l) => {
+                tracing::info!(socket = %wanted.display(), "control socket moved");
+                if let Some((_, token)) = current.take() {
+                    token.cancel();
+                }
+                current = Some(start(wanted, l));
+            }
+            Err(e) => tracing::warn!(
+                "{e}; the control socket stays at {}",
+                current
+                    .as_ref()
+                    .map(|(p, _)| p.display().to_string())
+                    .unwrap_or_else(|| "(none)".into())
+            ),
+        }
+    }
+    if let Some((_, token)) = current {
+        token.cancel();
+    }
+    tasks.close();
+    tasks.wait().await;
 }
 
 async fn session(

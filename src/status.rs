@@ -1,12 +1,15 @@
 //! Read-only views of the running daemon, shared by `stayup status`, the
 //! control socket and the admin endpoint.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use crate::generation::Generation;
+use crate::material::CertInfo;
 use crate::proxy::ProxyContext;
 use crate::reloader::ReloadHandle;
 use time::format_description::well_known::Rfc3339;
@@ -37,9 +40,75 @@ pub fn days_left(not_after: i64, now: std::time::SystemTime) -> i64 {
     (not_after - now).div_euclid(86_400)
 }
 
+/// The certificates of `g` that end within its `warn_expiry` of `now`
+/// (expired ones included).
+pub fn expiring(g: &Generation, now: SystemTime) -> Vec<&CertInfo> {
+    expiring_in(&g.certificates, g.config.warn_expiry, now)
+}
+
+/// The certificates among `certs` that end within `window` of `now`.
+pub fn expiring_in(certs: &[CertInfo], window: Duration, now: SystemTime) -> Vec<&CertInfo> {
+    let now = unix(now);
+    let window = i64::try_from(window.as_secs()).unwrap_or(i64::MAX);
+    certs
+        .iter()
+        .filter(|c| c.not_after.saturating_sub(now) <= window)
+        .collect()
+}
+
+/// The warning line for a certificate near its end, as the log, status and
+/// `stayup check` say it.
+pub fn expiry_warning(c: &CertInfo, now: SystemTime) -> String {
+    let days = days_left(c.not_after, now);
+    let when = if c.not_after <= unix(now) {
+        format!("expired on {}", format_unix(c.not_after))
+    } else {
+        format!("expires on {} ({days} days left)", format_unix(c.not_after))
+    };
+    format!(
+        "listener {:?}: certificate {} ({}) {when}",
+        c.listener,
+        c.cert_path.display(),
+        c.subject
+    )
+}
+
+/// Logs a warning for every certificate of `g` within `warn_expiry`.
+pub fn log_expiry_warnings(g: &Generation) {
+    let now = SystemTime::now();
+    for c in expiring(g, now) {
+        tracing::warn!(
+            generation = g.id,
+            listener = %c.listener,
+            sha256 = %c.fingerprint,
+            "certificate near expiry: {}",
+            expiry_warning(c, now)
+        );
+    }
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The superseded generation that has been alive longest, with its age:
+/// what an operator watches to see a drain that never ends.
+pub fn oldest_draining(
+    live: &[Arc<Generation>],
+    current: u64,
+    now: SystemTime,
+) -> Option<(u64, Duration)> {
+    live.iter()
+        .filter(|g| g.id != current)
+        .min_by_key(|g| g.id)
+        .map(|g| (g.id, now.duration_since(g.loaded_at).unwrap_or_default()))
+}
+
 /// The daemon's status as JSON: the live generation, its listeners and
-/// certificates, every generation still alive with its connections, and the
-/// last reload outcomes.
+/// certificates, every generation still alive with its connections, the
+/// last reload outcomes, expiry warnings and files changed in place.
 pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
     let g = handle.current();
     let now = SystemTime::now();
@@ -52,9 +121,11 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
                 "bind": l.bind.to_string(),
                 "backend": l.backend.to_string(),
                 "client_auth": g.config.listeners.iter().any(|c| c.name == l.name && c.tls.client_ca.is_some()),
+                "connections": l.open.load(Ordering::Relaxed),
             })
         })
         .collect();
+    let warn_secs = i64::try_from(g.config.warn_expiry.as_secs()).unwrap_or(i64::MAX);
     let certificates: Vec<Value> = g
         .certificates
         .iter()
@@ -67,13 +138,13 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
                 "not_before": format_unix(c.not_before),
                 "not_after": format_unix(c.not_after),
                 "days_left": days_left(c.not_after, now),
+                "expiring": c.not_after.saturating_sub(unix(now)) <= warn_secs,
                 "sha256": c.fingerprint,
             })
         })
         .collect();
-    let generations: Vec<Value> = handle
-        .shared
-        .live_generations()
+    let live = handle.shared.live_generations();
+    let generations: Vec<Value> = live
         .iter()
         .map(|x| {
             json!({
@@ -82,15 +153,21 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
                 "connections": x.connections(),
                 "accepted": x.accepted(),
                 "loaded_at": format_system_time(x.loaded_at),
+                "trigger": x.trigger.as_str(),
                 "age_seconds": now.duration_since(x.loaded_at).map(|d| d.as_secs()).unwrap_or(0),
             })
         })
         .collect();
+    let oldest = oldest_draining(&live, g.id, now);
     let history: Vec<Value> = handle
         .history()
         .iter()
         .rev()
         .map(crate::control::outcome_json)
+        .collect();
+    let warnings: Vec<String> = expiring(&g, now)
+        .into_iter()
+        .map(|c| expiry_warning(c, now))
         .collect();
     let c = &ctx.counters;
     json!({
@@ -100,9 +177,17 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
         "content_sha256": g.identity.digest(),
         "loaded_at": format_system_time(g.loaded_at),
         "trigger": g.trigger.as_str(),
+        "pid": std::process::id(),
         "listeners": listeners,
         "certificates": certificates,
+        "warn_expiry_days": g.config.warn_expiry.as_secs() as f64 / 86_400.0,
+        "expiry_warnings": warnings,
         "generations": generations,
+        "generations_live": live.len(),
+        "oldest_draining": oldest.map(|(id, age)| json!({
+            "generation": id,
+            "age_seconds": age.as_secs(),
+        })),
         "connections": {
             "active": ctx.total_open.load(Ordering::Relaxed),
             "handshakes_ok": c.handshakes_ok.load(Ordering::Relaxed),
@@ -110,7 +195,13 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
             "handshake_timeouts": c.handshake_timeouts.load(Ordering::Relaxed),
             "backend_failures": c.backend_failures.load(Ordering::Relaxed),
             "refused_over_limit": c.refused_over_limit.load(Ordering::Relaxed),
+            "drained": c.drained.load(Ordering::Relaxed),
         },
+        "modified_in_place": handle
+            .modified_in_place()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>(),
         "last_reloads": history,
     })
 }
@@ -172,6 +263,33 @@ pub fn print_status(s: &Value) {
                 " (draining)"
             },
             g.get("connections").and_then(Value::as_u64).unwrap_or(0)
+        );
+    }
+    if let Some(o) = s.get("oldest_draining").filter(|o| !o.is_null()) {
+        println!(
+            "draining   oldest generation {} for {}s",
+            o.get("generation").and_then(Value::as_u64).unwrap_or(0),
+            o.get("age_seconds").and_then(Value::as_u64).unwrap_or(0)
+        );
+    }
+    for w in s
+        .get("expiry_warnings")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        println!("WARNING    {w}");
+    }
+    for f in s
+        .get("modified_in_place")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        println!(
+            "WARNING    {f} changed in place since it was loaded; publish new files and rename the configuration into place instead"
         );
     }
     if let Some(last) = s
