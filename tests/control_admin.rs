@@ -247,7 +247,7 @@ async fn non_loopback_admin_is_refused_unless_allowed() {
     let admin = addr();
     site.publish(&config_with_admin(bind, backend.addr, admin));
     // The admin endpoint is bound before "stayup ready".
-    let mut d = Daemon::start(&site.config).await;
+    let _d = Daemon::start(&site.config).await;
     site.publish(&open);
     let (code, v) = reload_json(&site.config).await;
     assert_eq!(code, 1, "{v}");
