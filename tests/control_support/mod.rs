@@ -12,18 +12,39 @@ use tokio::net::TcpStream;
 use crate::common::{WAIT, stayup};
 
 /// `GET path` on `addr`; returns the status code, the headers and the body.
+/// Reads `Content-Length` bytes when the server says how many (some keep
+/// the connection open regardless of `Connection: close`), else to the end.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
     let fut = async {
-        let mut s = TcpStream::connect(addr).await.expect("connect admin");
+        let mut s = TcpStream::connect(addr).await.expect("connect");
         let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.expect("send request");
         let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.expect("read response");
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let n = s.read(&mut buf).await.expect("read response");
+            raw.extend_from_slice(&buf[..n]);
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..end]);
+                let body_len = raw.len() - end - 4;
+                let length = head.lines().find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                });
+                if length.is_some_and(|len| body_len >= len) {
+                    break;
+                }
+            }
+            if n == 0 {
+                break;
+            }
+        }
         String::from_utf8(raw).expect("utf-8 response")
     };
     let text = tokio::time::timeout(WAIT, fut)
         .await
-        .expect("admin answer timed out");
+        .expect("HTTP answer timed out");
     let (head, body) = text.split_once("\r\n\r\n").expect("header/body split");
     let status: u16 = head
         .split_whitespace()
