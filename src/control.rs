@@ -301,25 +301,115 @@ pub fn locate(config_path: &Path) -> (PathBuf, Option<String>) {
     }
 }
 
+/// How long `stayup status` waits for an answer.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `stayup reload` waits: a reload retries while files keep
+/// changing, but a daemon that has not answered by then is stuck.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Where the daemon serving a configuration answers.
+struct Found {
+    socket: PathBuf,
+}
+
+/// Why no daemon was found: the socket tried last and the error.
+struct NotFound {
+    socket: PathBuf,
+    error: String,
+    parse_error: Option<String>,
+}
+
+/// The daemon serving `config_path`, found at the socket the file names or,
+/// when that does not answer (the file does not parse, or names a socket
+/// the daemon has not moved to yet), at the default socket beside it, but
+/// only if the daemon there says it serves this same file: a folder may
+/// hold several configurations, and reloading another daemon would be
+/// worse than no answer.
+async fn find_daemon(config_path: &Path) -> Result<Found, NotFound> {
+    let (named, parse_error) = locate(config_path);
+    let default = default_socket_path(config_path);
+    let mut tried = Vec::new();
+    if parse_error.is_none() {
+        match UnixStream::connect(&named).await {
+            Ok(_) => return Ok(Found { socket: named }),
+            Err(e) => tried.push((named.clone(), e.to_string())),
+        }
+    }
+    if parse_error.is_some() || default != named {
+        match tokio::time::timeout(STATUS_TIMEOUT, request(&default, "status")).await {
+            Ok(Ok(status)) => {
+                let ours = std::path::absolute(config_path).ok();
+                let theirs = status
+                    .get("config")
+                    .and_then(Value::as_str)
+                    .map(PathBuf::from);
+                if ours.is_some() && ours == theirs {
+                    return Ok(Found { socket: default });
+                }
+                tried.push((
+                    default.clone(),
+                    format!(
+                        "the daemon there serves {}, not this file",
+                        theirs
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_else(|| "another configuration".into())
+                    ),
+                ));
+            }
+            Ok(Err(e)) => tried.push((default.clone(), e.to_string())),
+            Err(_) => tried.push((default.clone(), "no answer in time".into())),
+        }
+    }
+    let (socket, error) = tried
+        .into_iter()
+        .next()
+        .unwrap_or((named, "not tried".into()));
+    Err(NotFound {
+        socket,
+        error,
+        parse_error,
+    })
+}
+
 /// `stayup reload`: asks the daemon for a reload and prints the outcome.
 /// Returns the exit status: 0 committed or unchanged, 1 rejected, 2 unreachable.
 pub async fn cli_reload(config: &Path, as_json: bool) -> u8 {
-    let (socket, parse_error) = locate(config);
-    let answer = match request(&socket, "reload").await {
-        Ok(a) => a,
-        Err(e) => {
-            if let Some(reason) = parse_error {
+    let found = match find_daemon(config).await {
+        Ok(f) => f,
+        Err(nf) => {
+            if let Some(reason) = nf.parse_error {
                 // Whatever daemon runs, it would reject this content.
                 eprintln!("stayup reload: {reason}");
                 eprintln!(
-                    "stayup reload: the configuration does not parse, so a reload would be rejected; no daemon found at {} ({e})",
-                    socket.display()
+                    "stayup reload: the configuration does not parse, so a reload would be rejected; no daemon found at {} ({})",
+                    nf.socket.display(),
+                    nf.error
                 );
                 return 1;
             }
             eprintln!(
-                "stayup reload: no daemon answering on {}: {e}",
-                socket.display()
+                "stayup reload: no daemon answering on {}: {}",
+                nf.socket.display(),
+                nf.error
+            );
+            return 2;
+        }
+    };
+    let answer = match tokio::time::timeout(RELOAD_TIMEOUT, request(&found.socket, "reload")).await
+    {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
+            eprintln!(
+                "stayup reload: the daemon at {} did not answer: {e}",
+                found.socket.display()
+            );
+            return 2;
+        }
+        Err(_) => {
+            eprintln!(
+                "stayup reload: the daemon at {} gave no outcome within {}s",
+                found.socket.display(),
+                RELOAD_TIMEOUT.as_secs()
             );
             return 2;
         }
@@ -372,9 +462,19 @@ fn print_outcome(a: &Value) {
 
 /// `stayup status`: prints the daemon's status. 0, or 2 unreachable.
 pub async fn cli_status(config: &Path, as_json: bool) -> u8 {
-    let (socket, _) = locate(config);
-    match request(&socket, "status").await {
-        Ok(s) => {
+    let socket = match find_daemon(config).await {
+        Ok(f) => f.socket,
+        Err(nf) => {
+            eprintln!(
+                "stayup status: no daemon answering on {}: {}",
+                nf.socket.display(),
+                nf.error
+            );
+            return 2;
+        }
+    };
+    match tokio::time::timeout(STATUS_TIMEOUT, request(&socket, "status")).await {
+        Ok(Ok(s)) => {
             if as_json {
                 println!("{s}");
             } else {
@@ -382,10 +482,18 @@ pub async fn cli_status(config: &Path, as_json: bool) -> u8 {
             }
             0
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             eprintln!(
                 "stayup status: no daemon answering on {}: {e}",
                 socket.display()
+            );
+            2
+        }
+        Err(_) => {
+            eprintln!(
+                "stayup status: the daemon at {} did not answer within {}s",
+                socket.display(),
+                STATUS_TIMEOUT.as_secs()
             );
             2
         }

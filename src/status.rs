@@ -172,7 +172,12 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
     let c = &ctx.counters;
     json!({
         "generation": g.id,
-        "config": g.identity.config_path.display().to_string(),
+        // Absolute, so `stayup reload` can tell whether a daemon found at a
+        // fallback socket serves the file it was given.
+        "config": std::path::absolute(&g.identity.config_path)
+            .unwrap_or_else(|_| g.identity.config_path.clone())
+            .display()
+            .to_string(),
         "source_sha256": g.identity.config_hash(),
         "content_sha256": g.identity.digest(),
         "loaded_at": format_system_time(g.loaded_at),

@@ -387,3 +387,63 @@ async fn expiry_warnings_in_check_status_and_log() {
     assert_eq!(s["certificates"][0]["expiring"], false);
     assert_eq!(s["expiry_warnings"].as_array().map(Vec::len), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newly_named_socket_is_reached_through_the_old_default_one() {
+    let site = Site::new();
+    let backend = EchoBackend::start().await;
+    site.cert("a", &["localhost"]);
+    let bind = addr();
+    site.publish(&simple_config(bind, backend.addr, "a"));
+    let _d = Daemon::start(&site.config).await;
+    // The file now names a socket the daemon does not serve yet: the
+    // reload is still delivered (through the default socket, whose daemon
+    // serves this very file) and moves the socket.
+    site.publish(&format!(
+        "{}control:\n  socket: next.sock\n",
+        simple_config(bind, backend.addr, "a")
+    ));
+    let (code, v) = reload_json(&site.config).await;
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["generation"], 2);
+    wait_path(&site.path("next.sock"), true).await;
+    wait_path(&site.path("stayup.sock"), false).await;
+    let s = status_json(&site.config).await;
+    assert_eq!(s["generation"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_serving_another_file_in_the_folder_is_never_reloaded() {
+    let site = Site::new();
+    let backend = EchoBackend::start().await;
+    site.cert("a", &["localhost"]);
+    // The daemon serves other.yaml on the folder's default socket.
+    let other = site.write(
+        "other.yaml",
+        simple_config(addr(), backend.addr, "a").as_bytes(),
+    );
+    let mut d = Daemon::start(&other).await;
+    // stayup.yaml names its own socket, where nobody answers.
+    site.publish(&format!(
+        "{}control:\n  socket: mine.sock\n",
+        simple_config(addr(), backend.addr, "a")
+    ));
+    let config = site.config.to_str().expect("utf-8");
+    let (code, _, err) = cli(&["reload", "--config", config]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("mine.sock"), "{err}");
+    let (code, _, err) = cli(&["status", "--config", config]).await;
+    assert_eq!(code, 2, "{err}");
+    // Broken: certainly rejected (1), still without touching the other daemon.
+    site.publish("listeners: [\n");
+    let (code, _, err) = cli(&["reload", "--config", config]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("serves"), "{err}");
+    // The other daemon saw no reload at all: its next outcome is the one
+    // this SIGHUP causes.
+    let line = d.reload().await;
+    assert!(
+        line.contains("reload unchanged generation=1 trigger=signal"),
+        "{line}"
+    );
+}
