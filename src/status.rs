@@ -327,4 +327,38 @@ mod tests {
         assert_eq!(days_left(86_400 * 13 + 5, t), 3);
         assert_eq!(days_left(86_400 * 9, t), -1);
     }
+
+    fn cert(not_after: i64) -> CertInfo {
+        CertInfo {
+            listener: "web".into(),
+            cert_path: "/etc/stayup/web.pem".into(),
+            subject: "CN=web".into(),
+            sans: vec!["web.example".into()],
+            not_before: 0,
+            not_after,
+            fingerprint: "ab".repeat(32),
+        }
+    }
+
+    #[test]
+    fn expiry_window() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_000 * 86_400);
+        let day = 86_400;
+        let certs = [
+            cert(1_000 * day + 13 * day),
+            cert(1_000 * day + 14 * day),
+            cert(1_000 * day + 15 * day),
+            cert(999 * day),
+        ];
+        let window = Duration::from_secs(14 * 86_400);
+        let hit: Vec<i64> = expiring_in(&certs, window, now)
+            .iter()
+            .map(|c| c.not_after)
+            .collect();
+        assert_eq!(hit, vec![1_013 * day, 1_014 * day, 999 * day]);
+        let w = expiry_warning(&certs[0], now);
+        assert!(w.contains("13 days left") && w.contains("web.pem"), "{w}");
+        assert!(expiry_warning(&certs[3], now).contains("expired on"));
+        assert!(expiring_in(&certs, Duration::ZERO, now).len() == 1);
+    }
 }
