@@ -43,8 +43,22 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// `admin.listen` through reloads, until `stop`. `first` is the listener
 /// already bound for the current generation (bound by the caller so a
 /// start-up failure can stop the daemon).
-pub async fn run(state: Arc<AdminState>, first: Option<TcpListener>, stop: CancellationToken) {
-    let mut outcomes = state.handle.subscribe();
+pub fn run(
+    state: Arc<AdminState>,
+    first: Option<TcpListener>,
+    stop: CancellationToken,
+) -> impl Future<Output = ()> {
+    // Subscribed now, not when the task first runs: no commit is missed.
+    let outcomes = state.handle.subscribe();
+    follow_address(state, first, stop, outcomes)
+}
+
+async fn follow_address(
+    state: Arc<AdminState>,
+    first: Option<TcpListener>,
+    stop: CancellationToken,
+    mut outcomes: tokio::sync::broadcast::Receiver<crate::reloader::Outcome>,
+) {
     let mut current: Option<(SocketAddr, CancellationToken)> = None;
     if let Some(l) = first {
         current = start_serving(&state, l, &stop);

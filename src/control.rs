@@ -157,13 +157,24 @@ pub async fn serve(
 /// `control.socket`, the new socket is bound first and the old one closed
 /// and removed; if the new one cannot be bound, the old one keeps serving.
 /// Returns after `stop`, once the socket file is removed.
-pub async fn run(
+pub fn run(
     first: Option<(PathBuf, UnixListener)>,
     handle: ReloadHandle,
     ctx: Arc<ProxyContext>,
     stop: CancellationToken,
+) -> impl Future<Output = ()> {
+    // Subscribed now, not when the task first runs: no commit is missed.
+    let outcomes = handle.subscribe();
+    follow_socket(first, handle, ctx, stop, outcomes)
+}
+
+async fn follow_socket(
+    first: Option<(PathBuf, UnixListener)>,
+    handle: ReloadHandle,
+    ctx: Arc<ProxyContext>,
+    stop: CancellationToken,
+    mut outcomes: tokio::sync::broadcast::Receiver<crate::reloader::Outcome>,
 ) {
-    let mut outcomes = handle.subscribe();
     let tasks = tokio_util::task::TaskTracker::new();
     let start = |path: PathBuf, l: UnixListener| {
         let token = stop.child_token();

@@ -39,24 +39,28 @@ pub fn stopping() {
     send(&[NotifyState::Stopping]);
 }
 
-/// Reports every reload outcome of `handle` until `stop`.
-pub async fn follow(handle: ReloadHandle, stop: CancellationToken) {
+/// Reports every reload outcome of `handle` until `stop`. Subscribes
+/// before returning, so no outcome after this call is missed (systemd waits
+/// for an answer to every SIGHUP it sends).
+pub fn follow(handle: &ReloadHandle, stop: CancellationToken) -> impl Future<Output = ()> + use<> {
     let mut rx = handle.subscribe();
-    loop {
-        let o = tokio::select! {
-            _ = stop.cancelled() => break,
-            r = rx.recv() => match r {
-                Ok(o) => o,
-                Err(RecvError::Lagged(_)) => continue,
-                Err(RecvError::Closed) => break,
-            },
-        };
-        if o.result == ReloadResult::Unchanged
-            && matches!(o.trigger, Trigger::Watch | Trigger::Poll)
-        {
-            continue;
+    async move {
+        loop {
+            let o = tokio::select! {
+                _ = stop.cancelled() => break,
+                r = rx.recv() => match r {
+                    Ok(o) => o,
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => break,
+                },
+            };
+            if o.result == ReloadResult::Unchanged
+                && matches!(o.trigger, Trigger::Watch | Trigger::Poll)
+            {
+                continue;
+            }
+            report(&o);
         }
-        report(&o);
     }
 }
 

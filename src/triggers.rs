@@ -73,16 +73,23 @@ pub async fn start(handle: &ReloadHandle, ctx: &Arc<ProxyContext>) -> Result<Bac
         metrics,
     });
     tasks.spawn(crate::admin::run(state, admin_first, stop.clone()));
-    tasks.spawn(crate::systemd::follow(handle.clone(), stop.clone()));
-    tasks.spawn(expiry_warnings(handle.clone(), stop.clone()));
+    tasks.spawn(crate::systemd::follow(handle, stop.clone()));
+    crate::status::log_expiry_warnings(&handle.current());
+    tasks.spawn(expiry_warnings(
+        handle.subscribe(),
+        handle.clone(),
+        stop.clone(),
+    ));
     Ok(Background { stop, tasks })
 }
 
-/// Warns about certificates near their end at start, after every commit,
-/// and twice a day in between.
-async fn expiry_warnings(handle: ReloadHandle, stop: CancellationToken) {
-    let mut outcomes = handle.subscribe();
-    crate::status::log_expiry_warnings(&handle.current());
+/// Warns about certificates near their end after every commit and twice a
+/// day in between (the first warning is logged by [`start`], before ready).
+async fn expiry_warnings(
+    mut outcomes: tokio::sync::broadcast::Receiver<crate::reloader::Outcome>,
+    handle: ReloadHandle,
+    stop: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,

@@ -365,9 +365,14 @@ async fn expiry_warnings_in_check_status_and_log() {
     assert!(out.contains("soon.pem"), "{out}");
     assert!(out.contains("warn_expiry 14d"), "{out}");
 
-    let mut d = Daemon::start(&site.config).await;
-    let line = d.wait_for("certificate near expiry").await;
-    assert!(line.contains("soon.pem"), "{line}");
+    // Warned at start, before "stayup ready".
+    let d = Daemon::start(&site.config).await;
+    let out = d.output();
+    let line = out
+        .lines()
+        .find(|l| l.contains("certificate near expiry"))
+        .unwrap_or_else(|| panic!("no expiry warning:\n{out}"));
+    assert!(line.contains("soon.pem") && line.contains("WARN"), "{line}");
     let s = status_json(&site.config).await;
     assert_eq!(s["certificates"][0]["expiring"], true);
     let w = s["expiry_warnings"][0].as_str().expect("a warning");
