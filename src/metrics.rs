@@ -166,12 +166,13 @@ impl Metrics {
             gauge(live.len() as i64),
         );
         let oldest: Gauge<f64, AtomicU64> = Gauge::default();
-        if let Some((_, age)) = crate::status::oldest_draining(&live, g.id, now) {
+        if let Some((_, age)) = crate::status::oldest_draining(&live, g.id, &handle.history(), now)
+        {
             oldest.set(age.as_secs_f64());
         }
         r.register(
             "stayup_oldest_draining_generation_age_seconds",
-            "Age of the oldest superseded generation that still has connections (0 when none)",
+            "How long the oldest superseded generation still alive has been draining (0 when none)",
             oldest,
         );
         let not_after: Family<Labels, Gauge> = Family::default();

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use crate::generation::Generation;
 use crate::material::CertInfo;
 use crate::proxy::ProxyContext;
-use crate::reloader::ReloadHandle;
+use crate::reloader::{Outcome, ReloadHandle, ReloadResult};
 use time::format_description::well_known::Rfc3339;
 
 /// Formats Unix seconds as RFC 3339 UTC (`2026-11-24T19:02:44Z`).
@@ -93,17 +93,37 @@ fn unix(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-/// The superseded generation that has been alive longest, with its age:
-/// what an operator watches to see a drain that never ends.
+/// The oldest superseded generation still alive, and how long it has been
+/// draining (since the generation after it was committed, not since it was
+/// loaded: a certificate served for a month has not been draining for a
+/// month). What an operator watches to see a drain that never ends.
 pub fn oldest_draining(
     live: &[Arc<Generation>],
     current: u64,
+    history: &[Outcome],
     now: SystemTime,
 ) -> Option<(u64, Duration)> {
-    live.iter()
+    let oldest = live
+        .iter()
         .filter(|g| g.id != current)
-        .min_by_key(|g| g.id)
-        .map(|g| (g.id, now.duration_since(g.loaded_at).unwrap_or_default()))
+        .min_by_key(|g| g.id)?;
+    // When its successor was committed: from the history, else the load
+    // time of the next generation still alive (never earlier than that).
+    let superseded = history
+        .iter()
+        .find(|o| o.result == ReloadResult::Committed && o.generation == oldest.id + 1)
+        .map(|o| o.at)
+        .or_else(|| {
+            live.iter()
+                .filter(|g| g.id > oldest.id)
+                .min_by_key(|g| g.id)
+                .map(|g| g.loaded_at)
+        })
+        .unwrap_or(oldest.loaded_at);
+    Some((
+        oldest.id,
+        now.duration_since(superseded).unwrap_or_default(),
+    ))
 }
 
 /// The daemon's status as JSON: the live generation, its listeners and
@@ -158,9 +178,9 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
             })
         })
         .collect();
-    let oldest = oldest_draining(&live, g.id, now);
-    let history: Vec<Value> = handle
-        .history()
+    let outcomes = handle.history();
+    let oldest = oldest_draining(&live, g.id, &outcomes, now);
+    let history: Vec<Value> = outcomes
         .iter()
         .rev()
         .map(crate::control::outcome_json)
@@ -191,7 +211,7 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
         "generations_live": live.len(),
         "oldest_draining": oldest.map(|(id, age)| json!({
             "generation": id,
-            "age_seconds": age.as_secs(),
+            "draining_seconds": age.as_secs(),
         })),
         "connections": {
             "active": ctx.total_open.load(Ordering::Relaxed),
@@ -245,11 +265,16 @@ pub fn print_status(s: &Value) {
         .flatten()
     {
         println!(
-            "cert       {}: {} expires {} ({} days) sha256 {}",
+            "cert       {}: {} expires {} ({} days{}) sha256 {}",
             str_of(c, "listener"),
             str_of(c, "subject"),
             str_of(c, "not_after"),
             c.get("days_left").and_then(Value::as_i64).unwrap_or(0),
+            if c.get("expiring").and_then(Value::as_bool).unwrap_or(false) {
+                ", EXPIRING"
+            } else {
+                ""
+            },
             str_of(c, "sha256")
         );
     }
@@ -274,7 +299,9 @@ pub fn print_status(s: &Value) {
         println!(
             "draining   oldest generation {} for {}s",
             o.get("generation").and_then(Value::as_u64).unwrap_or(0),
-            o.get("age_seconds").and_then(Value::as_u64).unwrap_or(0)
+            o.get("draining_seconds")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
         );
     }
     for w in s
@@ -297,17 +324,21 @@ pub fn print_status(s: &Value) {
             "WARNING    {f} changed in place since it was loaded; publish new files and rename the configuration into place instead"
         );
     }
-    if let Some(last) = s
+    // The last few outcomes, newest first; the JSON has up to 32.
+    for o in s
         .get("last_reloads")
         .and_then(Value::as_array)
-        .and_then(|h| h.first())
+        .into_iter()
+        .flatten()
+        .take(5)
     {
+        let generation = o.get("generation").and_then(Value::as_u64).unwrap_or(0);
         println!(
-            "last       {} via {} at {}{}",
-            str_of(last, "result"),
-            str_of(last, "trigger"),
-            str_of(last, "at"),
-            last.get("reason")
+            "reload     {} {} via {} (generation {generation}){}",
+            str_of(o, "at"),
+            str_of(o, "result"),
+            str_of(o, "trigger"),
+            o.get("reason")
                 .and_then(Value::as_str)
                 .map(|r| format!(": {r}"))
                 .unwrap_or_default()

@@ -210,6 +210,17 @@ async fn status_json_shape() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 
+    // Let generation 1 age a little, so its draining time (since it was
+    // superseded) can be told apart from its age (since it was loaded).
+    let deadline = std::time::Instant::now() + WAIT;
+    while status_json(&site.config).await["generations"][0]["age_seconds"]
+        .as_u64()
+        .is_none_or(|a| a < 2)
+    {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
     // After a swap the old generation drains while the held connection lives.
     site.cert("b", &["localhost"]);
     site.publish(&simple_config(bind, backend.addr, "b"));
@@ -220,7 +231,12 @@ async fn status_json_shape() {
     assert_eq!(s["trigger"], "control");
     assert_eq!(s["generations_live"], 2);
     assert_eq!(s["oldest_draining"]["generation"], 1);
-    assert!(s["oldest_draining"]["age_seconds"].as_u64().is_some());
+    let draining = s["oldest_draining"]["draining_seconds"]
+        .as_u64()
+        .expect("draining_seconds");
+    let age = s["generations"][0]["age_seconds"].as_u64().expect("age");
+    assert_eq!(s["generations"][0]["generation"], 1);
+    assert!(draining < age, "draining {draining}s, age {age}s");
     assert_eq!(s["last_reloads"][0]["trigger"], "control");
     assert_eq!(s["last_reloads"][1]["trigger"], "startup");
 
@@ -230,6 +246,8 @@ async fn status_json_shape() {
     assert_eq!(code, 0);
     assert!(out.contains("generation 2"), "{out}");
     assert!(out.contains("(draining)"), "{out}");
+    assert!(out.contains("committed via control (generation 2)"), "{out}");
+    assert!(out.contains("committed via startup (generation 1)"), "{out}");
     drop(held);
 }
 
