@@ -98,8 +98,10 @@ pub async fn run(
     hooks: Vec<CommitHook>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    // Refuse before binding any listener when another daemon owns the
-    // control socket: its ports would be ours to fail on, or worse.
+    // Refuse before binding any listener when a live daemon answers on the
+    // control socket: a second daemon must not serve beside the one the
+    // operator talks to, not even for a moment. (A file that does not parse
+    // is refused by `Daemon::start` below.)
     if let Ok(config) = crate::config::read_config_bytes(&config_path)
         .and_then(|b| crate::config::Config::parse(&config_path, &b))
     {
