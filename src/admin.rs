@@ -18,7 +18,7 @@ use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
@@ -159,7 +159,11 @@ async fn accept_loop(state: Arc<AdminState>, listener: TcpListener, stop: Cancel
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(route(&state, &req)) }
             });
+            // A client that never finishes its headers does not hold a
+            // task for ever.
             let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(tcp), svc);
             tokio::pin!(conn);
