@@ -246,8 +246,14 @@ async fn status_json_shape() {
     assert_eq!(code, 0);
     assert!(out.contains("generation 2"), "{out}");
     assert!(out.contains("(draining)"), "{out}");
-    assert!(out.contains("committed via control (generation 2)"), "{out}");
-    assert!(out.contains("committed via startup (generation 1)"), "{out}");
+    assert!(
+        out.contains("committed via control (generation 2)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("committed via startup (generation 1)"),
+        "{out}"
+    );
     drop(held);
 }
 
