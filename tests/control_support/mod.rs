@@ -1,4 +1,4 @@
-//! Helpers shared by the control-plane tests: a minimal HTTP/1.1 client
+//! Shared by the control-plane tests: a minimal HTTP/1.1 client
 //! for the admin endpoint, metric lookup, and the CLI run off the runtime.
 #![allow(dead_code)]
 
