@@ -159,6 +159,9 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
     pub limits: LimitsConfig,
+    /// Served certificates this close to their end are warned about (log,
+    /// status, `stayup check`). Top-level `warn_expiry`, default 14 days.
+    pub warn_expiry: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,6 +320,8 @@ struct RawConfig {
     log: Option<RawLog>,
     #[serde(default)]
     limits: Option<RawLimits>,
+    #[serde(default)]
+    warn_expiry: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -420,7 +425,7 @@ fn at<T>(s: &Spanned<T>) -> Option<(u64, u64)> {
     }
 }
 
-/// Parses `200ms`, `30s`, `5m`, `1h`, `0` or `0s`.
+/// Parses `200ms`, `30s`, `5m`, `1h`, `14d`, `0` or `0s`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s == "0" {
@@ -428,7 +433,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     let split = s
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("duration {s:?} needs a unit (ms, s, m or h), e.g. \"200ms\""))?;
+        .ok_or_else(|| format!("duration {s:?} needs a unit (ms, s, m, h or d), e.g. \"200ms\""))?;
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
@@ -444,9 +449,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .checked_mul(3600)
             .map(Duration::from_secs)
             .ok_or_else(|| format!("duration {s:?} is too long"))?,
+        "d" => n
+            .checked_mul(86_400)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("duration {s:?} is too long"))?,
         _ => {
             return Err(format!(
-                "duration {s:?} has unknown unit {unit:?} (use ms, s, m or h)"
+                "duration {s:?} has unknown unit {unit:?} (use ms, s, m, h or d)"
             ));
         }
     };
@@ -733,6 +742,11 @@ impl Config {
                 .map(|l| l.allow_insecure_key_permissions)
                 .unwrap_or(false),
         };
+        let warn_expiry = duration(
+            &raw.warn_expiry,
+            "warn_expiry",
+            Duration::from_secs(14 * 86_400),
+        )?;
         Ok(Config {
             path: path.to_path_buf(),
             listeners,
@@ -743,6 +757,7 @@ impl Config {
             shutdown,
             log: LogConfig { level, format },
             limits,
+            warn_expiry,
         })
     }
 
@@ -890,6 +905,10 @@ drain:
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(
+            parse_duration("14d").unwrap(),
+            Duration::from_secs(14 * 86_400)
+        );
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("99999999999999999999h").is_err());

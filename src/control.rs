@@ -13,7 +13,7 @@
 //! so `stayup reload` can exit with the real outcome, unlike tools whose
 //! reload command only sends a signal.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,13 +70,21 @@ impl std::fmt::Display for ControlError {
 
 impl std::error::Error for ControlError {}
 
+/// Fails with [`ControlError::InUse`] when a live daemon answers on `path`.
+/// `stayup run` asks this before it binds any listener, so a second daemon
+/// started by mistake refuses without touching the first one's ports.
+pub async fn ensure_free(path: &Path) -> Result<(), ControlError> {
+    if std::fs::symlink_metadata(path).is_ok() && UnixStream::connect(path).await.is_ok() {
+        return Err(ControlError::InUse(path.to_path_buf()));
+    }
+    Ok(())
+}
+
 /// Binds the control socket: a stale file from a dead process is replaced,
 /// a socket that a live daemon answers on is never stolen.
 pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     if std::fs::symlink_metadata(path).is_ok() {
-        if UnixStream::connect(path).await.is_ok() {
-            return Err(ControlError::InUse(path.to_path_buf()));
-        }
+        ensure_free(path).await?;
         std::fs::remove_file(path).map_err(|e| ControlError::Io(path.to_path_buf(), e))?;
     }
     // Bind under a temporary name, restrict it, then rename into place, so
@@ -99,7 +107,16 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     Ok(listener)
 }
 
-/// Serves the control socket until `stop`; removes the socket file then.
+/// The inode of the socket file we bound, so that we only ever remove our
+/// own file (not one that replaced it).
+fn inode(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Serves the control socket until `stop`; removes the socket file then
+/// (if it is still ours) before returning.
 pub async fn serve(
     listener: UnixListener,
     path: PathBuf,
@@ -107,6 +124,7 @@ pub async fn serve(
     ctx: Arc<ProxyContext>,
     stop: CancellationToken,
 ) {
+    let ours = inode(&path);
     loop {
         let conn = tokio::select! {
             _ = stop.cancelled() => break,
@@ -128,7 +146,86 @@ pub async fn serve(
             }
         }
     }
-    let _ = std::fs::remove_file(&path);
+    drop(listener);
+    if ours.is_some() && inode(&path) == ours {
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+/// Serves the control socket at the path the current generation names and
+/// follows it through reloads: when a committed generation names another
+/// `control.socket`, the new socket is bound first and the old one closed
+/// and removed; if the new one cannot be bound, the old one keeps serving.
+/// Returns after `stop`, once the socket file is removed.
+pub fn run(
+    first: Option<(PathBuf, UnixListener)>,
+    handle: ReloadHandle,
+    ctx: Arc<ProxyContext>,
+    stop: CancellationToken,
+) -> impl Future<Output = ()> {
+    // Subscribed now, not when the task first runs: no commit is missed.
+    let outcomes = handle.subscribe();
+    follow_socket(first, handle, ctx, stop, outcomes)
+}
+
+async fn follow_socket(
+    first: Option<(PathBuf, UnixListener)>,
+    handle: ReloadHandle,
+    ctx: Arc<ProxyContext>,
+    stop: CancellationToken,
+    mut outcomes: tokio::sync::broadcast::Receiver<crate::reloader::Outcome>,
+) {
+    let tasks = tokio_util::task::TaskTracker::new();
+    let start = |path: PathBuf, l: UnixListener| {
+        let token = stop.child_token();
+        tasks.spawn(serve(
+            l,
+            path.clone(),
+            handle.clone(),
+            ctx.clone(),
+            token.clone(),
+        ));
+        (path, token)
+    };
+    let mut current = first.map(|(p, l)| start(p, l));
+    loop {
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = outcomes.recv() => match r {
+                Ok(o) => Some(o),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+        };
+        if outcome.is_some_and(|o| o.result != crate::reloader::ReloadResult::Committed) {
+            continue;
+        }
+        let wanted = socket_path(&handle.current().config);
+        if current.as_ref().is_some_and(|(p, _)| *p == wanted) {
+            continue;
+        }
+        match bind(&wanted).await {
+            Ok(l) => {
+                tracing::info!(socket = %wanted.display(), "control socket moved");
+                if let Some((_, token)) = current.take() {
+                    token.cancel();
+                }
+                current = Some(start(wanted, l));
+            }
+            Err(e) => tracing::warn!(
+                "{e}; the control socket stays at {}",
+                current
+                    .as_ref()
+                    .map(|(p, _)| p.display().to_string())
+                    .unwrap_or_else(|| "(none)".into())
+            ),
+        }
+    }
+    if let Some((_, token)) = current {
+        token.cancel();
+    }
+    tasks.close();
+    tasks.wait().await;
 }
 
 async fn session(
@@ -215,25 +312,115 @@ pub fn locate(config_path: &Path) -> (PathBuf, Option<String>) {
     }
 }
 
+/// How long `stayup status` waits for an answer.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `stayup reload` waits: a reload retries while files keep
+/// changing, but a daemon that has not answered by then is stuck.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Where the daemon serving a configuration answers.
+struct Found {
+    socket: PathBuf,
+}
+
+/// Why no daemon was found: the socket tried last and the error.
+struct NotFound {
+    socket: PathBuf,
+    error: String,
+    parse_error: Option<String>,
+}
+
+/// The daemon serving `config_path`, found at the socket the file names or,
+/// when that does not answer (the file does not parse, or names a socket
+/// the daemon has not moved to yet), at the default socket beside it, but
+/// only if the daemon there says it serves this same file: a folder may
+/// hold several configurations, and reloading another daemon would be
+/// worse than no answer.
+async fn find_daemon(config_path: &Path) -> Result<Found, NotFound> {
+    let (named, parse_error) = locate(config_path);
+    let default = default_socket_path(config_path);
+    let mut tried = Vec::new();
+    if parse_error.is_none() {
+        match UnixStream::connect(&named).await {
+            Ok(_) => return Ok(Found { socket: named }),
+            Err(e) => tried.push((named.clone(), e.to_string())),
+        }
+    }
+    if parse_error.is_some() || default != named {
+        match tokio::time::timeout(STATUS_TIMEOUT, request(&default, "status")).await {
+            Ok(Ok(status)) => {
+                let ours = std::path::absolute(config_path).ok();
+                let theirs = status
+                    .get("config")
+                    .and_then(Value::as_str)
+                    .map(PathBuf::from);
+                if ours.is_some() && ours == theirs {
+                    return Ok(Found { socket: default });
+                }
+                tried.push((
+                    default.clone(),
+                    format!(
+                        "the daemon there serves {}, not this file",
+                        theirs
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_else(|| "another configuration".into())
+                    ),
+                ));
+            }
+            Ok(Err(e)) => tried.push((default.clone(), e.to_string())),
+            Err(_) => tried.push((default.clone(), "no answer in time".into())),
+        }
+    }
+    let (socket, error) = tried
+        .into_iter()
+        .next()
+        .unwrap_or((named, "not tried".into()));
+    Err(NotFound {
+        socket,
+        error,
+        parse_error,
+    })
+}
+
 /// `stayup reload`: asks the daemon for a reload and prints the outcome.
 /// Returns the exit status: 0 committed or unchanged, 1 rejected, 2 unreachable.
 pub async fn cli_reload(config: &Path, as_json: bool) -> u8 {
-    let (socket, parse_error) = locate(config);
-    let answer = match request(&socket, "reload").await {
-        Ok(a) => a,
-        Err(e) => {
-            if let Some(reason) = parse_error {
+    let found = match find_daemon(config).await {
+        Ok(f) => f,
+        Err(nf) => {
+            if let Some(reason) = nf.parse_error {
                 // Whatever daemon runs, it would reject this content.
                 eprintln!("stayup reload: {reason}");
                 eprintln!(
-                    "stayup reload: the configuration does not parse, so a reload would be rejected; no daemon found at {} ({e})",
-                    socket.display()
+                    "stayup reload: the configuration does not parse, so a reload would be rejected; no daemon found at {} ({})",
+                    nf.socket.display(),
+                    nf.error
                 );
                 return 1;
             }
             eprintln!(
-                "stayup reload: no daemon answering on {}: {e}",
-                socket.display()
+                "stayup reload: no daemon answering on {}: {}",
+                nf.socket.display(),
+                nf.error
+            );
+            return 2;
+        }
+    };
+    let answer = match tokio::time::timeout(RELOAD_TIMEOUT, request(&found.socket, "reload")).await
+    {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
+            eprintln!(
+                "stayup reload: the daemon at {} did not answer: {e}",
+                found.socket.display()
+            );
+            return 2;
+        }
+        Err(_) => {
+            eprintln!(
+                "stayup reload: the daemon at {} gave no outcome within {}s",
+                found.socket.display(),
+                RELOAD_TIMEOUT.as_secs()
             );
             return 2;
         }
@@ -286,9 +473,19 @@ fn print_outcome(a: &Value) {
 
 /// `stayup status`: prints the daemon's status. 0, or 2 unreachable.
 pub async fn cli_status(config: &Path, as_json: bool) -> u8 {
-    let (socket, _) = locate(config);
-    match request(&socket, "status").await {
-        Ok(s) => {
+    let socket = match find_daemon(config).await {
+        Ok(f) => f.socket,
+        Err(nf) => {
+            eprintln!(
+                "stayup status: no daemon answering on {}: {}",
+                nf.socket.display(),
+                nf.error
+            );
+            return 2;
+        }
+    };
+    match tokio::time::timeout(STATUS_TIMEOUT, request(&socket, "status")).await {
+        Ok(Ok(s)) => {
             if as_json {
                 println!("{s}");
             } else {
@@ -296,10 +493,18 @@ pub async fn cli_status(config: &Path, as_json: bool) -> u8 {
             }
             0
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             eprintln!(
                 "stayup status: no daemon answering on {}: {e}",
                 socket.display()
+            );
+            2
+        }
+        Err(_) => {
+            eprintln!(
+                "stayup status: the daemon at {} did not answer within {}s",
+                socket.display(),
+                STATUS_TIMEOUT.as_secs()
             );
             2
         }

@@ -106,18 +106,34 @@ pub async fn run(
     hooks: Vec<CommitHook>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    // Refuse before binding any listener when a live daemon answers on the
+    // control socket: a second daemon must not serve beside the one the
+    // operator talks to, not even for a moment. (A file that does not parse
+    // is refused by `Daemon::start` below.)
+    if let Ok(config) = crate::config::read_config_bytes(&config_path)
+        .and_then(|b| crate::config::Config::parse(&config_path, &b))
+    {
+        crate::control::ensure_free(&crate::control::socket_path(&config))
+            .await
+            .map_err(|e| RunError::Io(e.to_string()))?;
+    }
     let daemon = Daemon::start(&config_path, shared, hooks).map_err(RunError::Load)?;
     let handle = daemon.handle();
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| RunError::Io(format!("cannot install the SIGHUP handler: {e}")))?;
-    let background = crate::triggers::start(&handle, &daemon.context())
-        .await
-        .map_err(RunError::Io)?;
+    let background = match crate::triggers::start(&handle, &daemon.context()).await {
+        Ok(b) => b,
+        Err(e) => {
+            daemon.stop().await;
+            return Err(RunError::Io(e));
+        }
+    };
     tracing::info!(
         generation = handle.current().id,
         config = %config_path.display(),
         "stayup ready"
     );
+    crate::systemd::ready(&handle);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -129,7 +145,8 @@ pub async fn run(
         }
     }
     tracing::info!("stopping");
-    background.cancel();
+    crate::systemd::stopping();
+    background.shutdown().await;
     daemon.stop().await;
     tracing::info!("stopped");
     Ok(())

@@ -12,18 +12,21 @@
 //! generation per connection.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod generation;
 pub mod material;
+pub mod metrics;
 pub mod pipe;
 pub mod pki;
 pub mod proxy;
 pub mod reloader;
 pub mod resumption;
 pub mod status;
+pub mod systemd;
 pub mod triggers;
 
 pub use generation::{Generation, Shared, Trigger};

@@ -225,4 +225,22 @@ fn print_candidate(c: &stayup::reloader::Candidate, _shared: &Arc<Shared>, now: 
             );
         }
     }
+    let infos: Vec<_> = c
+        .material
+        .listeners
+        .iter()
+        .flat_map(|m| m.certs.iter().map(|x| x.info.clone()))
+        .collect();
+    let window = c.config.warn_expiry;
+    let window_text = if window.as_secs().is_multiple_of(86_400) && !window.is_zero() {
+        format!("{}d", window.as_secs() / 86_400)
+    } else {
+        stayup::config::format_duration(window)
+    };
+    for info in stayup::status::expiring_in(&infos, window, now) {
+        println!(
+            "warning: {} (warn_expiry {window_text})",
+            stayup::status::expiry_warning(info, now)
+        );
+    }
 }

@@ -58,6 +58,35 @@ pub struct Counters {
     pub bytes_from_clients: AtomicU64,
     pub bytes_to_clients: AtomicU64,
     pub drained: AtomicU64,
+    /// The same handshake and byte counts per listener name, for metrics.
+    per_listener: std::sync::Mutex<HashMap<String, Arc<ListenerCounters>>>,
+}
+
+/// Handshake and byte counts of one listener (kept across generations, by
+/// name, so a reload does not reset them).
+#[derive(Debug, Default)]
+pub struct ListenerCounters {
+    pub handshakes_ok: AtomicU64,
+    pub handshakes_failed: AtomicU64,
+    pub handshake_timeouts: AtomicU64,
+    pub bytes_from_clients: AtomicU64,
+    pub bytes_to_clients: AtomicU64,
+}
+
+impl Counters {
+    /// The counters of the listener called `name`.
+    pub fn listener(&self, name: &str) -> Arc<ListenerCounters> {
+        let mut map = self.per_listener.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Every listener's counters, by name.
+    pub fn listeners(&self) -> Vec<(String, Arc<ListenerCounters>)> {
+        let map = self.per_listener.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
 }
 
 /// What every accept loop and connection shares.
@@ -299,6 +328,7 @@ async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
 ) {
+    let own = ctx.counters.listener(&listener.name);
     let mut tls = match tokio::time::timeout(
         listener.handshake_timeout,
         tokio_rustls::TlsAcceptor::from(listener.tls.clone()).accept(tcp),
@@ -310,6 +340,7 @@ async fn handle(
             ctx.counters
                 .handshakes_failed
                 .fetch_add(1, Ordering::Relaxed);
+            own.handshakes_failed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(listener = %listener.name, %peer, error = %e, "TLS handshake failed");
             return;
         }
@@ -317,11 +348,13 @@ async fn handle(
             ctx.counters
                 .handshake_timeouts
                 .fetch_add(1, Ordering::Relaxed);
+            own.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(listener = %listener.name, %peer, "TLS handshake timed out");
             return;
         }
     };
     ctx.counters.handshakes_ok.fetch_add(1, Ordering::Relaxed);
+    own.handshakes_ok.fetch_add(1, Ordering::Relaxed);
     let backend = &listener.backend;
     let connect = TcpStream::connect((backend.host.as_str(), backend.port));
     let mut upstream = match tokio::time::timeout(
@@ -358,6 +391,8 @@ async fn handle(
             ctx.counters
                 .bytes_to_clients
                 .fetch_add(down, Ordering::Relaxed);
+            own.bytes_from_clients.fetch_add(up, Ordering::Relaxed);
+            own.bytes_to_clients.fetch_add(down, Ordering::Relaxed);
         }
         Err(e) => {
             tracing::debug!(listener = %listener.name, %peer, error = %e, "connection ended with an error");

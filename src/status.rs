@@ -1,14 +1,17 @@
 //! Read-only views of the running daemon, shared by `stayup status`, the
 //! control socket and the admin endpoint.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use crate::generation::Generation;
+use crate::material::CertInfo;
 use crate::proxy::ProxyContext;
-use crate::reloader::ReloadHandle;
+use crate::reloader::{Outcome, ReloadHandle, ReloadResult};
 use time::format_description::well_known::Rfc3339;
 
 /// Formats Unix seconds as RFC 3339 UTC (`2026-11-24T19:02:44Z`).
@@ -37,9 +40,95 @@ pub fn days_left(not_after: i64, now: std::time::SystemTime) -> i64 {
     (not_after - now).div_euclid(86_400)
 }
 
+/// The certificates of `g` that end within its `warn_expiry` of `now`
+/// (expired ones included).
+pub fn expiring(g: &Generation, now: SystemTime) -> Vec<&CertInfo> {
+    expiring_in(&g.certificates, g.config.warn_expiry, now)
+}
+
+/// The certificates among `certs` that end within `window` of `now`.
+pub fn expiring_in(certs: &[CertInfo], window: Duration, now: SystemTime) -> Vec<&CertInfo> {
+    let now = unix(now);
+    let window = i64::try_from(window.as_secs()).unwrap_or(i64::MAX);
+    certs
+        .iter()
+        .filter(|c| c.not_after.saturating_sub(now) <= window)
+        .collect()
+}
+
+/// The warning line for a certificate near its end, as the log, status and
+/// `stayup check` say it.
+pub fn expiry_warning(c: &CertInfo, now: SystemTime) -> String {
+    let days = days_left(c.not_after, now);
+    let when = if c.not_after <= unix(now) {
+        format!("expired on {}", format_unix(c.not_after))
+    } else {
+        format!("expires on {} ({days} days left)", format_unix(c.not_after))
+    };
+    format!(
+        "listener {:?}: certificate {} ({}) {when}",
+        c.listener,
+        c.cert_path.display(),
+        c.subject
+    )
+}
+
+/// Logs a warning for every certificate of `g` within `warn_expiry`.
+pub fn log_expiry_warnings(g: &Generation) {
+    let now = SystemTime::now();
+    for c in expiring(g, now) {
+        tracing::warn!(
+            generation = g.id,
+            listener = %c.listener,
+            sha256 = %c.fingerprint,
+            "certificate near expiry: {}",
+            expiry_warning(c, now)
+        );
+    }
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The oldest superseded generation still alive, and how long it has been
+/// draining (since the generation after it was committed, not since it was
+/// loaded: a certificate served for a month has not been draining for a
+/// month). What an operator watches to see a drain that never ends.
+pub fn oldest_draining(
+    live: &[Arc<Generation>],
+    current: u64,
+    history: &[Outcome],
+    now: SystemTime,
+) -> Option<(u64, Duration)> {
+    let oldest = live
+        .iter()
+        .filter(|g| g.id != current)
+        .min_by_key(|g| g.id)?;
+    // When its successor was committed: from the history, else the load
+    // time of the next generation still alive (never earlier than that).
+    let superseded = history
+        .iter()
+        .find(|o| o.result == ReloadResult::Committed && o.generation == oldest.id + 1)
+        .map(|o| o.at)
+        .or_else(|| {
+            live.iter()
+                .filter(|g| g.id > oldest.id)
+                .min_by_key(|g| g.id)
+                .map(|g| g.loaded_at)
+        })
+        .unwrap_or(oldest.loaded_at);
+    Some((
+        oldest.id,
+        now.duration_since(superseded).unwrap_or_default(),
+    ))
+}
+
 /// The daemon's status as JSON: the live generation, its listeners and
-/// certificates, every generation still alive with its connections, and the
-/// last reload outcomes.
+/// certificates, every generation still alive with its connections, the
+/// last reload outcomes, expiry warnings and files changed in place.
 pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
     let g = handle.current();
     let now = SystemTime::now();
@@ -52,9 +141,11 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
                 "bind": l.bind.to_string(),
                 "backend": l.backend.to_string(),
                 "client_auth": g.config.listeners.iter().any(|c| c.name == l.name && c.tls.client_ca.is_some()),
+                "connections": l.open.load(Ordering::Relaxed),
             })
         })
         .collect();
+    let warn_secs = i64::try_from(g.config.warn_expiry.as_secs()).unwrap_or(i64::MAX);
     let certificates: Vec<Value> = g
         .certificates
         .iter()
@@ -67,13 +158,13 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
                 "not_before": format_unix(c.not_before),
                 "not_after": format_unix(c.not_after),
                 "days_left": days_left(c.not_after, now),
+                "expiring": c.not_after.saturating_sub(unix(now)) <= warn_secs,
                 "sha256": c.fingerprint,
             })
         })
         .collect();
-    let generations: Vec<Value> = handle
-        .shared
-        .live_generations()
+    let live = handle.shared.live_generations();
+    let generations: Vec<Value> = live
         .iter()
         .map(|x| {
             json!({
@@ -82,27 +173,46 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
                 "connections": x.connections(),
                 "accepted": x.accepted(),
                 "loaded_at": format_system_time(x.loaded_at),
+                "trigger": x.trigger.as_str(),
                 "age_seconds": now.duration_since(x.loaded_at).map(|d| d.as_secs()).unwrap_or(0),
             })
         })
         .collect();
-    let history: Vec<Value> = handle
-        .history()
+    let outcomes = handle.history();
+    let oldest = oldest_draining(&live, g.id, &outcomes, now);
+    let history: Vec<Value> = outcomes
         .iter()
         .rev()
         .map(crate::control::outcome_json)
         .collect();
+    let warnings: Vec<String> = expiring(&g, now)
+        .into_iter()
+        .map(|c| expiry_warning(c, now))
+        .collect();
     let c = &ctx.counters;
     json!({
         "generation": g.id,
-        "config": g.identity.config_path.display().to_string(),
+        // Absolute, so `stayup reload` can tell whether a daemon found at a
+        // fallback socket serves the file it was given.
+        "config": std::path::absolute(&g.identity.config_path)
+            .unwrap_or_else(|_| g.identity.config_path.clone())
+            .display()
+            .to_string(),
         "source_sha256": g.identity.config_hash(),
         "content_sha256": g.identity.digest(),
         "loaded_at": format_system_time(g.loaded_at),
         "trigger": g.trigger.as_str(),
+        "pid": std::process::id(),
         "listeners": listeners,
         "certificates": certificates,
+        "warn_expiry_days": g.config.warn_expiry.as_secs() as f64 / 86_400.0,
+        "expiry_warnings": warnings,
         "generations": generations,
+        "generations_live": live.len(),
+        "oldest_draining": oldest.map(|(id, age)| json!({
+            "generation": id,
+            "draining_seconds": age.as_secs(),
+        })),
         "connections": {
             "active": ctx.total_open.load(Ordering::Relaxed),
             "handshakes_ok": c.handshakes_ok.load(Ordering::Relaxed),
@@ -110,7 +220,13 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
             "handshake_timeouts": c.handshake_timeouts.load(Ordering::Relaxed),
             "backend_failures": c.backend_failures.load(Ordering::Relaxed),
             "refused_over_limit": c.refused_over_limit.load(Ordering::Relaxed),
+            "drained": c.drained.load(Ordering::Relaxed),
         },
+        "modified_in_place": handle
+            .modified_in_place()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>(),
         "last_reloads": history,
     })
 }
@@ -149,11 +265,16 @@ pub fn print_status(s: &Value) {
         .flatten()
     {
         println!(
-            "cert       {}: {} expires {} ({} days) sha256 {}",
+            "cert       {}: {} expires {} ({} days{}) sha256 {}",
             str_of(c, "listener"),
             str_of(c, "subject"),
             str_of(c, "not_after"),
             c.get("days_left").and_then(Value::as_i64).unwrap_or(0),
+            if c.get("expiring").and_then(Value::as_bool).unwrap_or(false) {
+                ", EXPIRING"
+            } else {
+                ""
+            },
             str_of(c, "sha256")
         );
     }
@@ -174,17 +295,50 @@ pub fn print_status(s: &Value) {
             g.get("connections").and_then(Value::as_u64).unwrap_or(0)
         );
     }
-    if let Some(last) = s
-        .get("last_reloads")
+    if let Some(o) = s.get("oldest_draining").filter(|o| !o.is_null()) {
+        println!(
+            "draining   oldest generation {} for {}s",
+            o.get("generation").and_then(Value::as_u64).unwrap_or(0),
+            o.get("draining_seconds")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        );
+    }
+    for w in s
+        .get("expiry_warnings")
         .and_then(Value::as_array)
-        .and_then(|h| h.first())
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        println!("WARNING    {w}");
+    }
+    for f in s
+        .get("modified_in_place")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
     {
         println!(
-            "last       {} via {} at {}{}",
-            str_of(last, "result"),
-            str_of(last, "trigger"),
-            str_of(last, "at"),
-            last.get("reason")
+            "WARNING    {f} changed in place since it was loaded; publish new files and rename the configuration into place instead"
+        );
+    }
+    // The last few outcomes, newest first; the JSON has up to 32.
+    for o in s
+        .get("last_reloads")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .take(5)
+    {
+        let generation = o.get("generation").and_then(Value::as_u64).unwrap_or(0);
+        println!(
+            "reload     {} {} via {} (generation {generation}){}",
+            str_of(o, "at"),
+            str_of(o, "result"),
+            str_of(o, "trigger"),
+            o.get("reason")
                 .and_then(Value::as_str)
                 .map(|r| format!(": {r}"))
                 .unwrap_or_default()
@@ -203,5 +357,39 @@ mod tests {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(86_400 * 10);
         assert_eq!(days_left(86_400 * 13 + 5, t), 3);
         assert_eq!(days_left(86_400 * 9, t), -1);
+    }
+
+    fn cert(not_after: i64) -> CertInfo {
+        CertInfo {
+            listener: "web".into(),
+            cert_path: "/etc/stayup/web.pem".into(),
+            subject: "CN=web".into(),
+            sans: vec!["web.example".into()],
+            not_before: 0,
+            not_after,
+            fingerprint: "ab".repeat(32),
+        }
+    }
+
+    #[test]
+    fn expiry_window() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_000 * 86_400);
+        let day = 86_400;
+        let certs = [
+            cert(1_000 * day + 13 * day),
+            cert(1_000 * day + 14 * day),
+            cert(1_000 * day + 15 * day),
+            cert(999 * day),
+        ];
+        let window = Duration::from_secs(14 * 86_400);
+        let hit: Vec<i64> = expiring_in(&certs, window, now)
+            .iter()
+            .map(|c| c.not_after)
+            .collect();
+        assert_eq!(hit, vec![1_013 * day, 1_014 * day, 999 * day]);
+        let w = expiry_warning(&certs[0], now);
+        assert!(w.contains("13 days left") && w.contains("web.pem"), "{w}");
+        assert!(expiry_warning(&certs[3], now).contains("expired on"));
+        assert!(expiring_in(&certs, Duration::ZERO, now).len() == 1);
     }
 }
