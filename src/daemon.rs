@@ -106,6 +106,12 @@ pub async fn run(
     hooks: Vec<CommitHook>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    // Installed first: SIGHUP's default action is to terminate, and a
+    // deploy hook may signal a daemon that is still starting. A signal that
+    // arrives before the first generation serves is delivered afterwards and
+    // simply reloads.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| RunError::Io(format!("cannot install the SIGHUP handler: {e}")))?;
     // Refuse before binding any listener when a live daemon answers on the
     // control socket: a second daemon must not serve beside the one the
     // operator talks to, not even for a moment. (A file that does not parse
@@ -119,8 +125,6 @@ pub async fn run(
     }
     let daemon = Daemon::start(&config_path, shared, hooks).map_err(RunError::Load)?;
     let handle = daemon.handle();
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| RunError::Io(format!("cannot install the SIGHUP handler: {e}")))?;
     let background = match crate::triggers::start(&handle, &daemon.context()).await {
         Ok(b) => b,
         Err(e) => {

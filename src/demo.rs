@@ -223,7 +223,7 @@ async fn demo(interval: u64, port: u16) -> Result<(), String> {
         }
     }
     println!("stopping; removing {}", folder.dir.path().display());
-    triggers.cancel();
+    triggers.shutdown().await;
     daemon.stop().await;
     drop(folder);
     Ok(())
