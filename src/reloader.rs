@@ -316,10 +316,11 @@ pub fn diff(old: &Generation, new: &Generation) -> Vec<Change> {
     );
     setting("log.level", a.log.level.clone(), b.log.level.clone());
     setting(
-        "log.format",
+        "log.format (applies after a restart)",
         format!("{:?}", a.log.format),
         format!("{:?}", b.log.format),
     );
+    setting("warn_expiry", d(a.warn_expiry), d(b.warn_expiry));
     setting(
         "limits",
         format!("{:?}", a.limits),
