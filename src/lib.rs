@@ -17,13 +17,17 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod generation;
+pub mod history;
 pub mod material;
 pub mod pipe;
 pub mod pki;
 pub mod proxy;
+pub mod publish;
 pub mod reloader;
 pub mod status;
+pub mod store;
 pub mod triggers;
+pub mod yamledit;
 
 pub use generation::{Generation, Shared, Trigger};
 pub use reloader::{LoadError, Outcome, ReloadHandle, ReloadResult};

@@ -13,6 +13,7 @@ use tracing_subscriber::{EnvFilter, Layer, reload};
 
 use stayup::config::{Config, LogFormat};
 use stayup::generation::{Generation, Shared};
+use stayup::publish::{self, Request};
 use stayup::reloader::{CommitHook, load_candidate};
 
 #[derive(Parser)]
@@ -53,6 +54,54 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Publish a new certificate and key (or a whole configuration): copy
+    /// into the store beside the configuration, validate exactly as a reload
+    /// would, rename into place, and report the running daemon's outcome.
+    Publish {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The listener whose certificate is replaced.
+        #[arg(long, required_unless_present = "from")]
+        listener: Option<String>,
+        /// Which of the listener's certificates (1 = the first).
+        #[arg(long, default_value_t = 1, conflicts_with = "from")]
+        index: usize,
+        /// The new PEM chain, leaf first (symlinks are followed, content copied).
+        #[arg(long, required_unless_present = "from")]
+        cert: Option<PathBuf>,
+        /// The new private key.
+        #[arg(long, required_unless_present = "from")]
+        key: Option<PathBuf>,
+        /// Publish this whole configuration instead; its files are copied into the store.
+        #[arg(long, conflicts_with_all = ["listener", "cert", "key"])]
+        from: Option<PathBuf>,
+        /// Validate and show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List the top-level files publish and rollback activated (`*` = live).
+    History {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Re-activate the previous (or the named) history entry, validated first.
+    Rollback {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// A history ID, a unique prefix of one, or of its hash.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete store files that neither the live file nor the last N history
+    /// entries reference, and older history entries.
+    Gc {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        keep: usize,
+    },
     /// A zero-set-up showcase: throwaway certificates, an echo backend, the
     /// proxy, and a certificate rotation every 10 seconds.
     Demo {
@@ -72,6 +121,37 @@ fn main() -> ExitCode {
         Command::Check { config } => check(config),
         Command::Reload { config, json } => runtime(stayup::control::cli_reload(&config, json)),
         Command::Status { config, json } => runtime(stayup::control::cli_status(&config, json)),
+        Command::Publish {
+            config,
+            listener,
+            index,
+            cert,
+            key,
+            from,
+            dry_run,
+        } => {
+            let request = match (from, listener, cert, key) {
+                (Some(from), ..) => Request::From(from),
+                (None, Some(listener), Some(cert), Some(key)) => Request::Pair {
+                    listener,
+                    index,
+                    cert,
+                    key,
+                },
+                _ => {
+                    eprintln!("stayup publish: give --listener, --cert and --key, or --from");
+                    return ExitCode::from(2);
+                }
+            };
+            runtime(publish::cli_publish(&config, request, dry_run))
+        }
+        Command::History { config } => ExitCode::from(publish::cli_history(&config)),
+        Command::Rollback {
+            config,
+            to,
+            dry_run,
+        } => runtime(publish::cli_rollback(&config, to.as_deref(), dry_run)),
+        Command::Gc { config, keep } => ExitCode::from(publish::cli_gc(&config, keep)),
         Command::Demo { interval, port } => {
             let _ = init_logging(LogFormat::Text);
             runtime(stayup::demo::run(interval, port))
