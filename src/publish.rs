@@ -455,7 +455,7 @@ fn publish_pair(
         read_input(Slot::Key(li, ci), key, Kind::Key)?,
     ];
     for i in &inputs {
-        if i.resolved != i.given {
+        if std::path::absolute(&i.given).ok().as_ref() != Some(&i.resolved) {
             println!("{} resolves to {}", i.given.display(), i.resolved.display());
         }
     }
