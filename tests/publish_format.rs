@@ -1,0 +1,85 @@
+//! Publish rewrites only the path values it changes: comments, spacing,
+//! quoting, flow mappings and a missing final newline survive byte for byte.
+
+mod common;
+#[path = "publish_support/mod.rs"]
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+use support::*;
+
+#[test]
+fn only_the_changed_paths_differ() {
+    let site = Site::new();
+    site.cert("a", &["localhost"]);
+    site.cert("other", &["localhost"]);
+    let bind = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let original = commented_config(
+        bind,
+        "127.0.0.1:9".parse().unwrap(),
+        "certs/a.pem",
+        "\"certs/a.key\"",
+    );
+    site.publish(&original);
+    std::fs::set_permissions(&site.config, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+
+    // The first entry: a plain and a double-quoted scalar.
+    let b = site.cert("b", &["localhost"]);
+    let (code, out, err) = publish(
+        &site.config,
+        "web",
+        &site.path("certs/b.pem"),
+        &site.path("certs/b.key"),
+        &[],
+    );
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    let (cert_b, key_b) = (
+        store_ref(b.cert.as_bytes(), "pem"),
+        store_ref(b.key.as_bytes(), "key"),
+    );
+    let expected = original
+        .replace(
+            "cert: certs/a.pem      #",
+            &format!("cert: {cert_b}      #"),
+        )
+        .replace("key:  \"certs/a.key\"", &format!("key:  \"{key_b}\""));
+    assert_ne!(expected, original);
+    assert_eq!(
+        std::fs::read_to_string(&site.config).expect("config"),
+        expected
+    );
+    let mode = std::fs::metadata(&site.config)
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o640, "the file's mode is kept");
+
+    // The second entry, inside a flow mapping: double and single quotes.
+    let c = site.cert("c", &["localhost"]);
+    let (code, out, err) = publish(
+        &site.config,
+        "web",
+        &site.path("certs/c.pem"),
+        &site.path("certs/c.key"),
+        &["--index", "2"],
+    );
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("listener web certificate 2"), "{out}");
+    let expected = expected
+        .replace(
+            "cert: \"certs/other.pem\"",
+            &format!("cert: \"{}\"", store_ref(c.cert.as_bytes(), "pem")),
+        )
+        .replace(
+            "key: 'certs/other.key'",
+            &format!("key: '{}'", store_ref(c.key.as_bytes(), "key")),
+        );
+    assert_eq!(
+        std::fs::read_to_string(&site.config).expect("config"),
+        expected
+    );
+    let (code, _, _) = stayup(&["check", "--config", site.config.to_str().unwrap()]);
+    assert_eq!(code, 0);
+}
