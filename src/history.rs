@@ -154,12 +154,8 @@ pub fn resolve<'a>(entries: &'a [Entry], want: &str) -> Result<&'a Entry, String
 
 /// What changed from `old` to `new`, in a few words.
 pub fn describe(old: &Config, new: &Config, base: &Path) -> String {
-    let short = |p: &Path| -> String {
-        p.strip_prefix(base)
-            .unwrap_or(p)
-            .to_string_lossy()
-            .into_owned()
-    };
+    let short =
+        |p: &Path| -> String { abbreviate(&p.strip_prefix(base).unwrap_or(p).to_string_lossy()) };
     let mut parts = Vec::new();
     for l in &new.listeners {
         let Some(o) = old.listeners.iter().find(|o| o.name == l.name) else {
@@ -169,26 +165,24 @@ pub fn describe(old: &Config, new: &Config, base: &Path) -> String {
         let n = l.tls.certificates.len().max(o.tls.certificates.len());
         for i in 0..n {
             match (o.tls.certificates.get(i), l.tls.certificates.get(i)) {
-                (Some(a), Some(b)) => {
-                    if a.cert != b.cert {
-                        parts.push(format!(
-                            "{} certificate {}: {} -> {}",
-                            l.name,
-                            i + 1,
-                            short(&a.cert),
-                            short(&b.cert)
-                        ));
-                    }
-                    if a.key != b.key {
-                        parts.push(format!(
-                            "{} key {}: {} -> {}",
-                            l.name,
-                            i + 1,
-                            short(&a.key),
-                            short(&b.key)
-                        ));
-                    }
-                }
+                (Some(a), Some(b)) => match (a.cert != b.cert, a.key != b.key) {
+                    (true, key) => parts.push(format!(
+                        "{} certificate {}: {} -> {}{}",
+                        l.name,
+                        i + 1,
+                        short(&a.cert),
+                        short(&b.cert),
+                        if key { " (and its key)" } else { "" }
+                    )),
+                    (false, true) => parts.push(format!(
+                        "{} key {}: {} -> {}",
+                        l.name,
+                        i + 1,
+                        short(&a.key),
+                        short(&b.key)
+                    )),
+                    (false, false) => {}
+                },
                 (None, Some(_)) => parts.push(format!("{} certificate {} added", l.name, i + 1)),
                 (Some(_), None) => parts.push(format!("{} certificate {} removed", l.name, i + 1)),
                 (None, None) => {}
@@ -210,6 +204,17 @@ pub fn describe(old: &Config, new: &Config, base: &Path) -> String {
         parts.push("settings changed".to_string());
     }
     parts.join("; ")
+}
+
+/// `store/<64 hex>.pem` shortened to `store/<12 hex>….pem` for display.
+pub fn abbreviate(path: &str) -> String {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    if store::is_store_name(name) {
+        let (hash, ext) = name.split_at(64);
+        format!("{}{}…{ext}", &path[..path.len() - name.len()], &hash[..12])
+    } else {
+        path.to_string()
+    }
 }
 
 /// Parses a recorded entry as if it were the top-level file (relative

@@ -596,6 +596,14 @@ pub fn cli_history(config: &Path) -> u8 {
         return 0;
     }
     let live = read_config_bytes(config).ok();
+    // Only the newest record of the live content is the live entry.
+    let live_id = live.as_deref().and_then(|l| {
+        entries
+            .iter()
+            .rev()
+            .find(|e| same_content(e, l))
+            .map(|e| e.id.as_str())
+    });
     let mut seen: Vec<(String, &Entry)> = Vec::new();
     let mut previous: Option<Config> = None;
     println!("  {:<36}  {:<23}  change", "ID", "time");
@@ -605,7 +613,7 @@ pub fn cli_history(config: &Path) -> u8 {
             .as_ref()
             .map(|b| hex::encode(material::sha256(b)))
             .unwrap_or_default();
-        let is_live = matches!((&bytes, &live), (Ok(b), Some(l)) if b == l);
+        let is_live = Some(e.id.as_str()) == live_id;
         let parsed = bytes
             .as_ref()
             .map_err(Clone::clone)
@@ -631,10 +639,7 @@ pub fn cli_history(config: &Path) -> u8 {
             seen.push((hash, e));
         }
     }
-    if !entries
-        .iter()
-        .any(|e| matches!((e.read(), &live), (Ok(b), Some(l)) if &b == l))
-    {
+    if live_id.is_none() {
         println!(
             "(the live {} matches no entry: it was changed outside stayup publish)",
             config.display()
