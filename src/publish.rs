@@ -801,6 +801,21 @@ fn gc(config: &Path, keep: usize) -> Result<(), Stop> {
     if !dropped.is_empty() {
         store::sync_dir(&history::dir(&site.dir))?;
     }
+    // Leftovers of a publish that was killed half-way: never referenced.
+    let config_name = site
+        .config
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut stale = store::remove_stale_temps(&site.dir, Some(&config_name));
+    stale.extend(store::remove_stale_temps(&store_dir, None));
+    stale.extend(store::remove_stale_temps(&history::dir(&site.dir), None));
+    for p in &stale {
+        println!(
+            "deleted {} (left by an interrupted publish)",
+            relative(&site, p)
+        );
+    }
     println!(
         "gc: kept {} history entr{} and {kept_files} referenced store file{}; deleted {} entr{} and {deleted} store file{}",
         kept.len(),

@@ -149,6 +149,39 @@ pub fn write_temp(
     Ok(tmp)
 }
 
+/// Removes temporary files left in `dir` by a publish that was killed:
+/// `.<name>.<pid>.tmp` whose process is gone and, when `prefix` is given,
+/// whose `<name>` starts with it. Returns the paths removed.
+pub fn remove_stale_temps(dir: &Path, prefix: Option<&str>) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return removed;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(inner) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
+            continue;
+        };
+        let Some((stem, pid)) = inner.rsplit_once('.') else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if prefix.is_some_and(|p| !stem.starts_with(p))
+            || pid == std::process::id()
+            || Path::new(&format!("/proc/{pid}")).exists()
+            || !e.file_type().is_ok_and(|t| t.is_file())
+        {
+            continue;
+        }
+        if std::fs::remove_file(e.path()).is_ok() {
+            removed.push(e.path());
+        }
+    }
+    removed
+}
+
 /// Renames `from` over `to`; on failure removes `from`.
 pub fn rename(from: &Path, to: &Path) -> Result<(), StoreError> {
     std::fs::rename(from, to).map_err(|e| {
