@@ -310,39 +310,53 @@ async fn notify(daemon: Result<DaemonLink, String>) -> u8 {
                 return 2;
             }
         };
+    let (text, code) = verdict(&answer, link.generation);
+    if code == 2 {
+        eprintln!("stayup: {text}");
+    } else {
+        println!("{text}");
+    }
+    code
+}
+
+/// What the daemon's answer to the reload means, given the generation it
+/// served before publish changed anything; and the exit status.
+fn verdict(answer: &Value, before: Option<u64>) -> (String, u8) {
     let generation = answer
         .get("generation")
         .and_then(Value::as_u64)
         .unwrap_or(0);
     let previous = answer.get("previous").and_then(Value::as_u64).unwrap_or(0);
     match answer.get("result").and_then(Value::as_str) {
-        Some("committed") => {
-            println!("daemon: committed generation {generation} (was {previous})");
-            0
-        }
-        Some("unchanged") => {
-            match link.generation {
-                Some(before) if generation > before => println!(
-                    "daemon: already serving it: generation {generation} was committed (by its file watcher) before this request"
+        Some("committed") => (
+            format!("daemon: committed generation {generation} (was {previous})"),
+            0,
+        ),
+        // A watcher may have noticed the rename and committed before this
+        // request arrived: the content is live, in a newer generation.
+        Some("unchanged") => match before {
+            Some(before) if generation > before => (
+                format!(
+                    "daemon: already serving it: generation {generation} was committed (by its file watcher) before this request (was {before})"
                 ),
-                _ => println!(
-                    "daemon: unchanged, generation {generation} already serves this content"
-                ),
-            }
-            0
-        }
+                0,
+            ),
+            _ => (
+                format!("daemon: unchanged, generation {generation} already serves this content"),
+                0,
+            ),
+        },
         Some("rejected") => {
-            println!("daemon: rejected; generation {generation} keeps serving");
+            let mut text = format!("daemon: rejected; generation {generation} keeps serving");
             if let Some(r) = answer.get("reason").and_then(Value::as_str) {
-                println!("reason: {r}");
+                text.push_str(&format!("\nreason: {r}"));
             }
-            println!("the new file is in place; `stayup rollback` re-activates the previous one");
-            1
+            text.push_str(
+                "\nthe new file is in place; `stayup rollback` re-activates the previous one",
+            );
+            (text, 1)
         }
-        _ => {
-            eprintln!("stayup: unexpected answer from the daemon: {answer}");
-            2
-        }
+        _ => (format!("unexpected answer from the daemon: {answer}"), 2),
     }
 }
 
@@ -826,4 +840,34 @@ fn gc(config: &Path, keep: usize) -> Result<(), Stop> {
         if deleted == 1 { "" } else { "s" },
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn verdicts() {
+        let committed = json!({"result": "committed", "generation": 3, "previous": 2});
+        assert_eq!(
+            verdict(&committed, Some(2)),
+            ("daemon: committed generation 3 (was 2)".to_string(), 0)
+        );
+        let watched = json!({"result": "unchanged", "generation": 3, "previous": 3});
+        let (text, code) = verdict(&watched, Some(2));
+        assert_eq!(code, 0);
+        assert!(
+            text.contains("already serving it") && text.contains("watcher"),
+            "{text}"
+        );
+        let (text, code) = verdict(&watched, Some(3));
+        assert_eq!(code, 0);
+        assert!(text.contains("unchanged"), "{text}");
+        let rejected = json!({"result": "rejected", "generation": 2, "reason": "bind: in use"});
+        let (text, code) = verdict(&rejected, Some(2));
+        assert_eq!(code, 1);
+        assert!(text.contains("reason: bind: in use"), "{text}");
+        assert_eq!(verdict(&json!({"error": "x"}), None).1, 2);
+    }
 }

@@ -27,15 +27,13 @@ fn id_of(line: &str) -> String {
     line[2..].split_whitespace().next().expect("id").to_string()
 }
 
-fn run_async(args: Vec<String>) -> impl std::future::Future<Output = (i32, String, String)> {
-    async move {
-        tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            stayup_env(&args, &[])
-        })
-        .await
-        .expect("task")
-    }
+async fn run_async(args: Vec<String>) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        stayup_env(&args, &[])
+    })
+    .await
+    .expect("task")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
