@@ -29,8 +29,13 @@ use crate::reloader::{Candidate, load_candidate};
 use crate::store::{self, Kind, Owner, STORE_DIR, checkpoint};
 use crate::yamledit::{self, Slot};
 
-/// How long publish waits for a daemon's answer.
+/// How long publish waits for a daemon's reload outcome (a reload may wait
+/// for files that keep changing to settle).
 const DAEMON_WAIT: Duration = Duration::from_secs(120);
+
+/// How long publish waits for a daemon's status before it decides that no
+/// daemon answers.
+const STATUS_WAIT: Duration = Duration::from_secs(30);
 
 /// What `stayup publish` was asked to do.
 #[derive(Debug, Clone)]
@@ -91,7 +96,7 @@ impl Site {
         Ok(Site {
             config: config.to_path_buf(),
             owner: Owner::of(config),
-            mode: meta.permissions().mode() & 0o7777,
+            mode: meta.permissions().mode() & 0o777,
             dir,
             _lock: lock,
         })
@@ -232,7 +237,10 @@ fn activate(
         let entries = history::list(&site.dir).unwrap_or_default();
         // The first publish also keeps the file it replaces, so that there
         // is something to roll back to.
+        // (Only if it is a configuration at all: history is what rollback
+        // offers, and gc must be able to read every entry it keeps.)
         if let Some(old) = old
+            && Config::parse(&site.config, old).is_ok()
             && !entries.iter().any(|e| same_content(e, old))
         {
             history::record(&site.dir, old, site.owner)?;
@@ -265,7 +273,7 @@ struct DaemonLink {
 
 async fn find_daemon(config: &Path) -> Result<DaemonLink, String> {
     let (socket, _) = crate::control::locate(config);
-    match tokio::time::timeout(DAEMON_WAIT, crate::control::request(&socket, "status")).await {
+    match tokio::time::timeout(STATUS_WAIT, crate::control::request(&socket, "status")).await {
         Ok(Ok(status)) => Ok(DaemonLink {
             socket,
             generation: status.get("generation").and_then(Value::as_u64),

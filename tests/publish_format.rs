@@ -83,3 +83,55 @@ fn only_the_changed_paths_differ() {
     let (code, _, _) = stayup(&["check", "--config", site.config.to_str().unwrap()]);
     assert_eq!(code, 0);
 }
+
+#[test]
+fn a_whole_file_is_published_with_its_paths_rewritten_and_nothing_else() {
+    let site = Site::new();
+    site.cert("a", &["localhost"]);
+    let bind = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    site.publish(&simple_config(bind, "127.0.0.1:9".parse().unwrap(), "a"));
+
+    // A new file prepared elsewhere, with paths relative to itself and a
+    // client CA bundle.
+    let b = site.cert("b", &["localhost"]);
+    std::fs::create_dir_all(site.path("staging/tls")).expect("mkdir");
+    b.write(
+        &site.path("staging/tls/b.pem"),
+        &site.path("staging/tls/b.key"),
+    )
+    .expect("write pair");
+    site.write("staging/tls/clients.pem", &site.ca.pem.cert);
+    let new = format!(
+        "# next release\nlisteners:\n  - name: web  # renamed backend below\n    bind: \"{bind}\"\n    backend: \"127.0.0.1:10\"\n    tls:\n      certificates:\n        - cert: tls/b.pem   # relative to this file\n          key: 'tls/b.key'\n      client_ca: \"tls/clients.pem\"\nreload:\n  watch: false\n"
+    );
+    let new_path = site.write("staging/next.yaml", &new);
+    let (code, out, err) = stayup(&[
+        "publish",
+        "--config",
+        site.config.to_str().unwrap(),
+        "--from",
+        new_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("3 files copied into store/"), "{out}");
+    assert!(out.contains("web client_ca changed"), "{out}");
+    let expected = new
+        .replace("tls/b.pem", &store_ref(b.cert.as_bytes(), "pem"))
+        .replace(
+            "'tls/b.key'",
+            &format!("'{}'", store_ref(b.key.as_bytes(), "key")),
+        )
+        .replace(
+            "\"tls/clients.pem\"",
+            &format!("\"{}\"", store_ref(site.ca.pem.cert.as_bytes(), "pem")),
+        );
+    assert_eq!(
+        std::fs::read_to_string(&site.config).expect("config"),
+        expected
+    );
+    // The staging folder can go; the configuration only needs the store.
+    std::fs::remove_dir_all(site.path("staging")).expect("rm staging");
+    let (code, out, err) = stayup(&["check", "--config", site.config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("client certificates required"), "{out}");
+}
