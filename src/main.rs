@@ -54,9 +54,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Publish a new certificate and key (or a whole configuration): copy
-    /// into the store beside the configuration, validate exactly as a reload
-    /// would, rename into place, and report the running daemon's outcome.
+    /// Publish a new certificate and key, or a whole configuration, safely.
+    ///
+    /// Copies the files into the store beside the configuration, validates
+    /// exactly as a reload would, renames the new top-level file into place,
+    /// keeps a copy in history/, and reports the running daemon's outcome.
     Publish {
         #[arg(long, short)]
         config: PathBuf,
@@ -94,8 +96,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Delete store files that neither the live file nor the last N history
-    /// entries reference, and older history entries.
+    /// Delete what neither the live file nor the last N history entries need.
+    ///
+    /// Removes store files none of them references, older history entries,
+    /// and leftovers of interrupted publishes. Never deletes anything the live
+    /// file or a kept entry references.
     Gc {
         #[arg(long, short)]
         config: PathBuf,
