@@ -156,7 +156,7 @@ fn main() -> ExitCode {
             to,
             dry_run,
         } => runtime(publish::cli_rollback(&config, to.as_deref(), dry_run)),
-        Command::Gc { config, keep } => ExitCode::from(publish::cli_gc(&config, keep)),
+        Command::Gc { config, keep } => runtime(publish::cli_gc(&config, keep)),
         Command::Demo { interval, port } => {
             let _ = init_logging(LogFormat::Text);
             runtime(stayup::demo::run(interval, port))

@@ -740,8 +740,19 @@ fn rollback(config: &Path, to: Option<&str>, dry_run: bool) -> Result<(), Stop> 
 
 /// `stayup gc`: keeps the live file, the last `keep` history entries and
 /// every store file any of them references; deletes the rest.
-pub fn cli_gc(config: &Path, keep: usize) -> u8 {
-    match gc(config, keep) {
+pub async fn cli_gc(config: &Path, keep: usize) -> u8 {
+    // A daemon may still serve an older file than the live one (it rejected
+    // the newest): its history entry is kept too, so it stays restorable.
+    let (socket, _) = crate::control::locate(config);
+    let running =
+        match tokio::time::timeout(STATUS_WAIT, crate::control::request(&socket, "status")).await {
+            Ok(Ok(status)) => status
+                .get("source_sha256")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            _ => None,
+        };
+    match gc(config, keep, running.as_deref()) {
         Ok(()) => 0,
         Err(Stop(why)) => {
             eprintln!("stayup gc: {why}");
@@ -750,7 +761,7 @@ pub fn cli_gc(config: &Path, keep: usize) -> u8 {
     }
 }
 
-fn gc(config: &Path, keep: usize) -> Result<(), Stop> {
+fn gc(config: &Path, keep: usize, running: Option<&str>) -> Result<(), Stop> {
     let site = Site::open(config)?;
     let live = read_config_bytes(config)?;
     let live_config = Config::parse(config, &live).map_err(|e| {
@@ -761,10 +772,16 @@ fn gc(config: &Path, keep: usize) -> Result<(), Stop> {
     let entries = history::list(&site.dir)?;
     let first_kept = entries.len().saturating_sub(keep);
     let newest_live = entries.iter().rposition(|e| same_content(e, &live));
+    let newest_running = running.and_then(|hash| {
+        entries.iter().rposition(|e| {
+            e.read()
+                .is_ok_and(|b| hex::encode(material::sha256(&b)) == hash)
+        })
+    });
     let mut kept: Vec<&Entry> = Vec::new();
     let mut dropped: Vec<&Entry> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
-        if i >= first_kept || Some(i) == newest_live {
+        if i >= first_kept || Some(i) == newest_live || Some(i) == newest_running {
             kept.push(e);
         } else {
             dropped.push(e);

@@ -101,3 +101,90 @@ fn gc_keeps_everything_referenced() {
     // The hand-written originals outside the store are never touched.
     assert!(site.path("certs/a.pem").exists() && site.path("certs/b.key").exists());
 }
+
+/// The daemon rejected the newest file and still serves the one before:
+/// gc keeps what it serves, whatever --keep says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_keeps_what_a_running_daemon_serves() {
+    let site = Site::new();
+    let backend = EchoBackend::start().await;
+    site.cert("a", &["localhost"]);
+    let b = site.cert("b", &["localhost"]);
+    let bind = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    site.publish(&simple_config(bind, backend.addr, "a"));
+    let mut d = Daemon::start(&site.config).await;
+    let cfg = site.config.to_str().unwrap().to_string();
+    let run = |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            stayup(&args)
+        })
+        .await
+        .expect("task")
+    };
+    let (code, out, err) = run(vec![
+        "publish".into(),
+        "--config".into(),
+        cfg.clone(),
+        "--listener".into(),
+        "web".into(),
+        "--cert".into(),
+        site.path("certs/b.pem").to_string_lossy().into(),
+        "--key".into(),
+        site.path("certs/b.key").to_string_lossy().into(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    d.outcome().await;
+
+    // A new file the daemon cannot bind: live on disk, rejected in memory.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    site.cert("c", &["localhost"]);
+    let new = format!(
+        "listeners:\n{}{}reload:\n  watch: false\n",
+        listener_yaml("web", bind, backend.addr, &["c"]),
+        listener_yaml(
+            "api",
+            taken.local_addr().expect("addr"),
+            backend.addr,
+            &["c"]
+        ),
+    );
+    let new_path = site.write("new.yaml", new);
+    let (code, out, err) = run(vec![
+        "publish".into(),
+        "--config".into(),
+        cfg.clone(),
+        "--from".into(),
+        new_path.to_string_lossy().into(),
+    ])
+    .await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(d.outcome().await.contains("reload rejected"));
+
+    let (code, out, err) = run(vec![
+        "gc".into(),
+        "--config".into(),
+        cfg.clone(),
+        "--keep".into(),
+        "0".into(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    for (bytes, ext) in [(b.cert.as_bytes(), "pem"), (b.key.as_bytes(), "key")] {
+        assert!(
+            site.path(&store_ref(bytes, ext)).exists(),
+            "gc deleted what the daemon serves: {out}"
+        );
+    }
+    // And the served file is still restorable.
+    let (code, out, err) = run(vec!["rollback".into(), "--config".into(), cfg.clone()]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("daemon: unchanged"), "{out}");
+    assert_eq!(
+        fingerprint_at(bind, "localhost", site.client()).await,
+        b.fingerprint()
+    );
+    drop(taken);
+    assert!(d.stop().await.success());
+}
