@@ -33,6 +33,10 @@ use crate::yamledit::{self, Slot};
 /// for files that keep changing to settle).
 const DAEMON_WAIT: Duration = Duration::from_secs(120);
 
+/// A dry run stores material in `<this><pid>` beside the configuration and
+/// removes it afterwards.
+const DRY_RUN_PREFIX: &str = ".stayup-dry-run.";
+
 /// How long publish waits for a daemon's status before it decides that no
 /// daemon answers.
 const STATUS_WAIT: Duration = Duration::from_secs(30);
@@ -528,7 +532,7 @@ fn publish_pair(
 /// folder that is removed afterwards.
 fn store_location(site: &Site, dry_run: bool) -> (PathBuf, String) {
     let rel = if dry_run {
-        format!(".stayup-dry-run.{}", std::process::id())
+        format!("{DRY_RUN_PREFIX}{}", std::process::id())
     } else {
         STORE_DIR.to_string()
     };
@@ -849,6 +853,7 @@ fn gc(config: &Path, keep: usize, running: Option<&str>) -> Result<(), Stop> {
     let mut stale = store::remove_stale_temps(&site.dir, Some(&config_name));
     stale.extend(store::remove_stale_temps(&store_dir, None));
     stale.extend(store::remove_stale_temps(&history::dir(&site.dir), None));
+    stale.extend(store::remove_stale_dirs(&site.dir, DRY_RUN_PREFIX));
     for p in &stale {
         println!(
             "deleted {} (left by an interrupted publish)",

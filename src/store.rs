@@ -182,6 +182,29 @@ pub fn remove_stale_temps(dir: &Path, prefix: Option<&str>) -> Vec<PathBuf> {
     removed
 }
 
+/// Removes `<prefix><pid>` folders in `dir` whose process is gone (the
+/// private folder of a dry run that was killed). Returns the paths removed.
+pub fn remove_stale_dirs(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return removed;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(Ok(pid)) = name.strip_prefix(prefix).map(str::parse::<u32>) else {
+            continue;
+        };
+        if pid != std::process::id()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+            && e.file_type().is_ok_and(|t| t.is_dir())
+            && std::fs::remove_dir_all(e.path()).is_ok()
+        {
+            removed.push(e.path());
+        }
+    }
+    removed
+}
+
 /// Renames `from` over `to`; on failure removes `from`.
 pub fn rename(from: &Path, to: &Path) -> Result<(), StoreError> {
     std::fs::rename(from, to).map_err(|e| {

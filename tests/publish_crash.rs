@@ -142,6 +142,42 @@ fn assert_recovers(c: &Case, step: &str) {
     );
 }
 
+/// Runs publish with `args` until it announces that it paused after
+/// `step`, then kills it with SIGKILL.
+fn pause_then_kill(args: &[String], step: &str) {
+    let mut child = Command::new(stayup_bin())
+        .args(args)
+        .env("STAYUP_PUBLISH_PAUSE_AFTER", step)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn publish");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let needle = format!("paused after step {step}");
+    loop {
+        let line = rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|e| panic!("step {step}: publish never paused ({e})"));
+        if line.contains(&needle) {
+            break;
+        }
+    }
+    child.kill().expect("SIGKILL");
+    let status = child.wait().expect("wait");
+    assert!(!status.success(), "step {step}: {status}");
+}
+
 #[test]
 fn an_injected_failure_after_any_step_leaves_old_or_new() {
     for &(step, new_live) in STEPS {
@@ -163,38 +199,34 @@ fn an_injected_failure_after_any_step_leaves_old_or_new() {
 fn sigkill_after_any_step_leaves_old_or_new() {
     for &(step, new_live) in STEPS {
         let c = case();
-        let mut child = Command::new(stayup_bin())
-            .args(args(&c))
-            .env("STAYUP_PUBLISH_PAUSE_AFTER", step)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn publish");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let needle = format!("paused after step {step}");
-        loop {
-            let line = rx
-                .recv_timeout(WAIT)
-                .unwrap_or_else(|e| panic!("step {step}: publish never paused ({e})"));
-            if line.contains(&needle) {
-                break;
-            }
-        }
-        child.kill().expect("SIGKILL");
-        let status = child.wait().expect("wait");
-        assert!(!status.success(), "step {step}: {status}");
+        pause_then_kill(&args(&c), step);
         assert_consistent(&c, step, new_live);
         assert_recovers(&c, step);
     }
+}
+
+/// A dry run killed half-way leaves only its private leftovers, which gc
+/// removes: the folder is then exactly as before.
+#[test]
+fn a_killed_dry_run_changes_nothing_gc_cannot_clear() {
+    let c = case();
+    let before = snapshot(c.site.dir.path());
+    let mut args = args(&c);
+    args.push("--dry-run".into());
+    pause_then_kill(&args, "validated");
+    assert_consistent(&c, "validated (dry run)", false);
+    assert_ne!(
+        snapshot(c.site.dir.path()),
+        before,
+        "the dry run left its files"
+    );
+    let (code, out, err) = stayup(&[
+        "gc",
+        "--config",
+        c.site.config.to_str().unwrap(),
+        "--keep",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(snapshot(c.site.dir.path()), before, "{out}");
 }
