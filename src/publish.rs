@@ -485,26 +485,26 @@ fn publish_pair(
             println!("{} resolves to {}", i.given.display(), i.resolved.display());
         }
     }
-    let (store_dir, store_rel) = store_location(&site, dry_run);
-    let text = std::str::from_utf8(&old)?;
-    let edits: Vec<(Slot, String)> = inputs
-        .iter()
-        .map(|i| (i.slot, reference(&store_rel, i)))
-        .collect();
-    let new =
-        yamledit::rewrite(text, &edits).map_err(|e| Stop(format!("{}: {e}", config.display())))?;
-    let staged = store_inputs(&site, &inputs, &store_dir)?;
-    checkpoint("store");
+    let rw = Rewrite::new(&site, std::str::from_utf8(&old)?, &inputs, dry_run, config)?;
+    let (new, edits, store_dir) = (&rw.text, &rw.edits, &rw.store_dir);
     if new.as_bytes() == old.as_slice() {
         println!(
             "{}: listener {listener} certificate {index} already is this certificate and key; nothing to change",
             config.display()
         );
-        return Ok(!dry_run);
+        if dry_run {
+            return Ok(false);
+        }
+        // Still make sure the store copies are intact, and that the daemon
+        // serves them (a previous publish may have stopped before asking).
+        store_inputs(&site, &inputs, store_dir)?;
+        return Ok(true);
     }
-    let result = activate(&site, Some(&old), new.as_bytes(), &staged, dry_run);
+    let staged = store_inputs(&site, &inputs, store_dir)?;
+    checkpoint("store");
+    let result = activate(&site, Some(&old), rw.candidate.as_bytes(), &staged, dry_run);
     if dry_run {
-        let _ = std::fs::remove_dir_all(&store_dir);
+        let _ = std::fs::remove_dir_all(store_dir);
     }
     let candidate = result?;
     let before = &current.listeners[li].tls.certificates[ci];
@@ -528,15 +528,49 @@ fn publish_pair(
     Ok(true)
 }
 
-/// Where this run stores material: the store, or for a dry run a private
-/// folder that is removed afterwards.
-fn store_location(site: &Site, dry_run: bool) -> (PathBuf, String) {
-    let rel = if dry_run {
-        format!("{DRY_RUN_PREFIX}{}", std::process::id())
-    } else {
-        STORE_DIR.to_string()
-    };
-    (site.dir.join(&rel), rel)
+/// The new top-level text for some inputs.
+struct Rewrite {
+    /// As it will be published: paths name `store/`.
+    text: String,
+    /// As it is validated: the same, except that a dry run names its
+    /// private folder (removed afterwards) instead of the store.
+    candidate: String,
+    /// (which path, its new value in `text`)
+    edits: Vec<(Slot, String)>,
+    /// Where this run puts the inputs.
+    store_dir: PathBuf,
+}
+
+impl Rewrite {
+    fn new(
+        site: &Site,
+        source: &str,
+        inputs: &[Input],
+        dry_run: bool,
+        source_name: &Path,
+    ) -> Result<Rewrite, Stop> {
+        let edits_in = |rel: &str| -> Vec<(Slot, String)> {
+            inputs.iter().map(|i| (i.slot, reference(rel, i))).collect()
+        };
+        let rewrite = |edits: &[(Slot, String)]| {
+            yamledit::rewrite(source, edits)
+                .map_err(|e| Stop(format!("{}: {e}", source_name.display())))
+        };
+        let edits = edits_in(STORE_DIR);
+        let text = rewrite(&edits)?;
+        let (candidate, store_dir) = if dry_run {
+            let rel = format!("{DRY_RUN_PREFIX}{}", std::process::id());
+            (rewrite(&edits_in(&rel))?, site.dir.join(rel))
+        } else {
+            (text.clone(), site.store_dir())
+        };
+        Ok(Rewrite {
+            text,
+            candidate,
+            edits,
+            store_dir,
+        })
+    }
 }
 
 fn publish_from(config: &Path, new_path: &Path, dry_run: bool) -> Result<bool, Stop> {
@@ -558,25 +592,30 @@ fn publish_from(config: &Path, new_path: &Path, dry_run: bool) -> Result<bool, S
         };
         inputs.push(read_input(s.slot, path, kind)?);
     }
-    let (store_dir, store_rel) = store_location(&site, dry_run);
-    let edits: Vec<(Slot, String)> = inputs
-        .iter()
-        .map(|i| (i.slot, reference(&store_rel, i)))
-        .collect();
-    let new = yamledit::rewrite(text, &edits)
-        .map_err(|e| Stop(format!("{}: {e}", new_path.display())))?;
-    let staged = store_inputs(&site, &inputs, &store_dir)?;
-    checkpoint("store");
+    let rw = Rewrite::new(&site, text, &inputs, dry_run, new_path)?;
+    let (new, store_dir) = (&rw.text, &rw.store_dir);
     if old.as_deref() == Some(new.as_bytes()) {
         println!(
             "{}: already is this configuration; nothing to change",
             config.display()
         );
-        return Ok(!dry_run);
+        if dry_run {
+            return Ok(false);
+        }
+        store_inputs(&site, &inputs, store_dir)?;
+        return Ok(true);
     }
-    let result = activate(&site, old.as_deref(), new.as_bytes(), &staged, dry_run);
+    let staged = store_inputs(&site, &inputs, store_dir)?;
+    checkpoint("store");
+    let result = activate(
+        &site,
+        old.as_deref(),
+        rw.candidate.as_bytes(),
+        &staged,
+        dry_run,
+    );
     if dry_run {
-        let _ = std::fs::remove_dir_all(&store_dir);
+        let _ = std::fs::remove_dir_all(store_dir);
     }
     let candidate = result?;
     println!(

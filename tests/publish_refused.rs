@@ -162,3 +162,22 @@ fn unknown_listener_index_and_symlinked_config_are_refused() {
     assert!(err.contains("is a symlink"), "{err}");
     assert_eq!(snapshot(site.dir.path()), before);
 }
+
+#[test]
+fn publishing_the_live_pair_again_changes_nothing() {
+    let site = site_with_a();
+    site.cert("b", &["localhost"]);
+    let (b_pem, b_key) = (site.path("certs/b.pem"), site.path("certs/b.key"));
+    let (code, _, err) = publish(&site.config, "web", &b_pem, &b_key, &[]);
+    assert_eq!(code, 0, "{err}");
+    let before = snapshot(site.dir.path());
+    for extra in [&["--dry-run"][..], &[]] {
+        let (code, out, err) = publish(&site.config, "web", &b_pem, &b_key, extra);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(
+            out.contains("already is this certificate and key; nothing to change"),
+            "{out}"
+        );
+        assert_eq!(snapshot(site.dir.path()), before, "{extra:?}");
+    }
+}
