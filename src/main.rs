@@ -135,18 +135,9 @@ fn main() -> ExitCode {
             from,
             dry_run,
         } => {
-            let request = match (from, listener, cert, key) {
-                (Some(from), ..) => Request::From(from),
-                (None, Some(listener), Some(cert), Some(key)) => Request::Pair {
-                    listener,
-                    index,
-                    cert,
-                    key,
-                },
-                _ => {
-                    eprintln!("stayup publish: give --listener, --cert and --key, or --from");
-                    return ExitCode::from(2);
-                }
+            let Some(request) = Request::from_flags(from, listener, index, cert, key) else {
+                eprintln!("stayup publish: give --listener, --cert and --key, or --from");
+                return ExitCode::from(2);
             };
             runtime(publish::cli_publish(&config, request, dry_run))
         }

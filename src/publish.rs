@@ -56,6 +56,28 @@ pub enum Request {
     From(PathBuf),
 }
 
+impl Request {
+    /// The request the command-line flags describe, if they describe one.
+    pub fn from_flags(
+        from: Option<PathBuf>,
+        listener: Option<String>,
+        index: usize,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+    ) -> Option<Request> {
+        match (from, listener, cert, key) {
+            (Some(from), ..) => Some(Request::From(from)),
+            (None, Some(listener), Some(cert), Some(key)) => Some(Request::Pair {
+                listener,
+                index,
+                cert,
+                key,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// A failure that stops the command; nothing was activated.
 struct Stop(String);
 
