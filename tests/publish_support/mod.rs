@@ -1,4 +1,4 @@
-//! Helpers shared by the `publish_*` tests: running `stayup` with an
+//! What the `publish_*` tests share: running `stayup` with an
 //! environment, snapshots of a folder to prove nothing changed, and the
 //! configuration text publish is expected to produce.
 #![allow(dead_code)]
