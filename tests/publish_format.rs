@@ -135,3 +135,43 @@ fn a_whole_file_is_published_with_its_paths_rewritten_and_nothing_else() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("client certificates required"), "{out}");
 }
+
+/// Run as root (a certbot hook), publish gives the files it creates to the
+/// configuration's owner, so a daemon running as that user can read the
+/// 0600 key. Needs root to change owners; elsewhere there is nothing to see.
+#[test]
+fn new_files_belong_to_the_configuration_owner() {
+    use std::os::unix::fs::MetadataExt;
+    let site = Site::new();
+    let probe = site.write("probe", "x");
+    if std::fs::metadata(&probe).expect("probe").uid() != 0 {
+        eprintln!("not root: owners cannot be changed here; skipping");
+        return;
+    }
+    site.cert("a", &["localhost"]);
+    let b = site.cert("b", &["localhost"]);
+    let bind = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    site.publish(&simple_config(bind, "127.0.0.1:9".parse().unwrap(), "a"));
+    let (uid, gid) = (65534, 65534);
+    std::os::unix::fs::chown(&site.config, Some(uid), Some(gid)).expect("chown config");
+    let (code, out, err) = publish(
+        &site.config,
+        "web",
+        &site.path("certs/b.pem"),
+        &site.path("certs/b.key"),
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let key = site.path(&store_ref(b.key.as_bytes(), "key"));
+    for p in [
+        site.config.clone(),
+        key.clone(),
+        site.path("store"),
+        site.path("history"),
+    ] {
+        let m = std::fs::metadata(&p).expect("metadata");
+        assert_eq!((m.uid(), m.gid()), (uid, gid), "{}", p.display());
+    }
+    let mode = std::fs::metadata(&key).expect("key").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
