@@ -13,6 +13,7 @@ use tracing_subscriber::{EnvFilter, Layer, reload};
 
 use stayup::config::{Config, LogFormat};
 use stayup::generation::{Generation, Shared};
+use stayup::publish::{self, Request};
 use stayup::reloader::{CommitHook, load_candidate};
 
 #[derive(Parser)]
@@ -53,6 +54,59 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Publish a new certificate and key, or a whole configuration, safely.
+    ///
+    /// Copies the files into the store beside the configuration, validates
+    /// exactly as a reload would, renames the new top-level file into place,
+    /// keeps a copy in history/, and reports the running daemon's outcome.
+    Publish {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The listener whose certificate is replaced.
+        #[arg(long, required_unless_present = "from")]
+        listener: Option<String>,
+        /// Which of the listener's certificates (1 = the first).
+        #[arg(long, default_value_t = 1, conflicts_with = "from")]
+        index: usize,
+        /// The new PEM chain, leaf first (symlinks are followed, content copied).
+        #[arg(long, required_unless_present = "from")]
+        cert: Option<PathBuf>,
+        /// The new private key.
+        #[arg(long, required_unless_present = "from")]
+        key: Option<PathBuf>,
+        /// Publish this whole configuration instead; its files are copied into the store.
+        #[arg(long, conflicts_with_all = ["listener", "cert", "key"])]
+        from: Option<PathBuf>,
+        /// Validate and show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List the top-level files publish and rollback activated (`*` = live).
+    History {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Re-activate the previous (or the named) history entry, validated first.
+    Rollback {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// A history ID, a unique prefix of one, or of its hash.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete what neither the live file nor the last N history entries need.
+    ///
+    /// Removes store files none of them references, older history entries,
+    /// and leftovers of interrupted publishes. Never deletes anything the live
+    /// file or a kept entry references.
+    Gc {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        keep: usize,
+    },
     /// A zero-set-up showcase: throwaway certificates, an echo backend, the
     /// proxy, and a certificate rotation every 10 seconds.
     Demo {
@@ -72,6 +126,28 @@ fn main() -> ExitCode {
         Command::Check { config } => check(config),
         Command::Reload { config, json } => runtime(stayup::control::cli_reload(&config, json)),
         Command::Status { config, json } => runtime(stayup::control::cli_status(&config, json)),
+        Command::Publish {
+            config,
+            listener,
+            index,
+            cert,
+            key,
+            from,
+            dry_run,
+        } => {
+            let Some(request) = Request::from_flags(from, listener, index, cert, key) else {
+                eprintln!("stayup publish: give --listener, --cert and --key, or --from");
+                return ExitCode::from(2);
+            };
+            runtime(publish::cli_publish(&config, request, dry_run))
+        }
+        Command::History { config } => ExitCode::from(publish::cli_history(&config)),
+        Command::Rollback {
+            config,
+            to,
+            dry_run,
+        } => runtime(publish::cli_rollback(&config, to.as_deref(), dry_run)),
+        Command::Gc { config, keep } => runtime(publish::cli_gc(&config, keep)),
         Command::Demo { interval, port } => {
             let _ = init_logging(LogFormat::Text);
             runtime(stayup::demo::run(interval, port))
