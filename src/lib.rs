@@ -24,6 +24,7 @@ pub mod proxy;
 pub mod reloader;
 pub mod status;
 pub mod triggers;
+pub mod watch;
 
 pub use generation::{Generation, Shared, Trigger};
 pub use reloader::{LoadError, Outcome, ReloadHandle, ReloadResult};

@@ -33,5 +33,6 @@ pub async fn start(
             tracing::warn!("{e}; `stayup reload` and `stayup status` will not reach this daemon")
         }
     }
+    crate::watch::start(handle, stop.clone());
     Ok(stop)
 }
