@@ -252,3 +252,109 @@ async fn a_referenced_file_changed_in_place_is_reported_not_reloaded() {
     s.streamer.advance(8 * 1024).await;
     s.finish().await;
 }
+
+/// AtomicWriter updates in quick succession while explicit reloads keep
+/// arriving: some reloads read while `..data` is swapped under them. None
+/// may commit a configuration with another publication's certificate, and
+/// none may be refused because it saw a mix (the stability gate reads
+/// again instead); the watch then commits the last publication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_reloads_racing_atomic_writer_updates_never_mix_publications() {
+    let site = Site::new();
+    let pems: Vec<_> = (0..4)
+        .map(|i| site.cert(&format!("p{i}"), &["localhost"]))
+        .collect();
+    let (bind, backend) = endpoints().await;
+    let vol = Projected::new(site.path("vol"));
+    let versions: Vec<(String, usize)> = (0..40)
+        .map(|v| {
+            let yaml = watch_yaml(
+                bind,
+                backend.addr,
+                "tls.crt",
+                "tls.key",
+                &reload_block("30s"),
+                &format!("# version {v}\n"),
+            );
+            (yaml, v % pems.len())
+        })
+        .collect();
+    // Which certificate each configuration was published with.
+    let expected: std::collections::HashMap<String, String> = versions
+        .iter()
+        .map(|(yaml, p)| {
+            (
+                sha_hex(yaml.as_bytes()),
+                pems[*p].fingerprint()[..16].to_string(),
+            )
+        })
+        .collect();
+    let update = |vol: &Projected, (yaml, p): &(String, usize)| {
+        vol.update(&[
+            ("config.yaml", yaml.as_bytes(), 0o644),
+            ("tls.crt", pems[*p].cert.as_bytes(), 0o644),
+            ("tls.key", pems[*p].key.as_bytes(), 0o600),
+        ]);
+    };
+    update(&vol, &versions[0]);
+    let config_path = vol.dir.join("config.yaml");
+    let mut s = Served::start(
+        &config_path,
+        bind,
+        backend,
+        site.client(),
+        &pems[0].fingerprint(),
+    )
+    .await;
+
+    let last = versions[versions.len() - 1].clone();
+    let writer = {
+        let (pems, dir) = (pems.clone(), vol.dir.clone());
+        let versions = versions.clone();
+        std::thread::spawn(move || {
+            let vol = Projected { dir };
+            for (yaml, p) in &versions[1..] {
+                vol.update(&[
+                    ("config.yaml", yaml.as_bytes(), 0o644),
+                    ("tls.crt", pems[*p].cert.as_bytes(), 0o644),
+                    ("tls.key", pems[*p].key.as_bytes(), 0o600),
+                ]);
+                std::thread::sleep(std::time::Duration::from_millis(3));
+            }
+        })
+    };
+    while !writer.is_finished() {
+        s.d.signal("HUP");
+        tokio::time::sleep(std::time::Duration::from_millis(7)).await;
+    }
+    writer.join().expect("writer");
+
+    s.d.wait_for(&format!("source={}", sha_hex(last.0.as_bytes())))
+        .await;
+    let output = s.d.output();
+    assert!(!output.contains("reload rejected"), "{output}");
+    let mut serving = pems[0].fingerprint()[..16].to_string();
+    for line in output
+        .lines()
+        .filter(|l| l.contains("reload committed") && !l.contains("trigger=startup"))
+    {
+        if let Some(swap) = line.split("certificate-swapped web: ").nth(1) {
+            let to = swap.split(" -> ").nth(1).expect("swap target");
+            serving = to[..16].to_string();
+        }
+        let source = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("source="))
+            .expect("source");
+        assert_eq!(
+            expected[source], serving,
+            "mixed publication committed: {line}"
+        );
+    }
+    assert_eq!(
+        fingerprint_at(s.bind, "localhost", site.client()).await,
+        pems[last.1].fingerprint()
+    );
+    s.streamer.advance(8 * 1024).await;
+    s.finish().await;
+}
