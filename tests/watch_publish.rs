@@ -192,21 +192,26 @@ async fn a_hundred_renames_in_a_second_commit_a_few_generations_ending_with_the_
     let target = site.config.clone();
     let storm = std::thread::spawn(move || {
         let started = std::time::Instant::now();
+        let mut last = started;
+        let mut pauses = 0;
         for (i, yaml) in configs.iter().enumerate() {
             let tmp = dir.join(format!(".storm-{i}.tmp"));
             std::fs::write(&tmp, yaml).expect("write");
             std::fs::rename(&tmp, &target).expect("rename");
+            // A machine too loaded to keep the pace may give the watch a
+            // quiet period mid-storm, which may then legitimately commit.
+            if last.elapsed() >= std::time::Duration::from_millis(100) {
+                pauses += 1;
+            }
+            last = std::time::Instant::now();
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        started.elapsed()
+        (started.elapsed(), pauses)
     });
-    let took = tokio::task::spawn_blocking(move || storm.join().expect("storm thread"))
+    let (took, pauses) = tokio::task::spawn_blocking(move || storm.join().expect("storm thread"))
         .await
         .expect("join");
-    assert!(
-        took < std::time::Duration::from_secs(3),
-        "storm took {took:?}"
-    );
+    eprintln!("100 renames in {took:?}, {pauses} pause(s) of 100 ms or more");
 
     // Wait for the commit of the final content.
     let final_source = format!("source={}", sha_hex(last.as_bytes()));
@@ -219,8 +224,8 @@ async fn a_hundred_renames_in_a_second_commit_a_few_generations_ending_with_the_
             .map(str::to_string)
             .collect();
     assert!(
-        !committed.is_empty() && committed.len() <= 4,
-        "{} generations for one storm:\n{}",
+        !committed.is_empty() && committed.len() <= 2 + pauses,
+        "{} generations for one storm with {pauses} pause(s):\n{}",
         committed.len(),
         committed.join("\n")
     );
