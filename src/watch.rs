@@ -9,7 +9,9 @@
 //! name starts with `..` (Kubernetes' `..data`, `..data_tmp` and timestamped
 //! folders), count; a queue overflow (`Rescan`) counts as "anything may have
 //! changed". Opens and read-only closes never count: the reloader's own reads
-//! would otherwise wake the watch again, for ever.
+//! would otherwise wake the watch again, for ever. If the top-level path is
+//! a symlink into some other folder, re-pointing the symlink is seen at once;
+//! a rename inside that other folder is left to the poll.
 //!
 //! # Debounce
 //! A reload is requested once the folder has been quiet for `reload.debounce`
