@@ -1,4 +1,4 @@
-//! The layouts real tools publish: a Kubernetes projected volume updated by
+//! The layouts kubelet and certbot publish: a Kubernetes projected volume updated by
 //! kubelet's AtomicWriter, certbot's `live/` symlinks into `archive/`, and
 //! referenced files changed in place (against the contract).
 

@@ -1,6 +1,6 @@
 //! What the watch tests share: configurations with the watch on, a served
 //! connection streaming checksummed data, outcome lines, and the publishers
-//! real tools use (Kubernetes' AtomicWriter, certbot's symlink flips).
+//! kubelet and certbot use (Kubernetes' AtomicWriter, certbot's symlink flips).
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
