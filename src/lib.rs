@@ -31,6 +31,7 @@ pub mod status;
 pub mod store;
 pub mod systemd;
 pub mod triggers;
+pub mod watch;
 pub mod yamledit;
 
 pub use generation::{Generation, Shared, Trigger};

@@ -135,6 +135,15 @@ pub fn changed_file(identity: &Identity) -> Option<PathBuf> {
         .map(|f| f.path.clone())
 }
 
+/// Which file the top-level path leads to, and its content: differs when a
+/// new file was renamed or swapped into place, even with identical bytes.
+fn top_level_stamp(path: &Path) -> Option<(u64, u64, [u8; 32])> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let bytes = read_config_bytes(path).ok()?;
+    Some((meta.dev(), meta.ino(), material::sha256(&bytes)))
+}
+
 /// The result of one reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReloadResult {
@@ -611,12 +620,20 @@ impl Reloader {
     ) -> Attempt {
         let shared = self.handle.shared.clone();
         let path = self.handle.config_path.clone();
-        let loaded =
-            tokio::task::spawn_blocking(move || load_candidate(&path, &shared, SystemTime::now()))
-                .await;
+        let loaded = tokio::task::spawn_blocking(move || {
+            let before = top_level_stamp(&path);
+            let loaded = load_candidate(&path, &shared, SystemTime::now());
+            // A failure while the path came to name another file (a `..data`
+            // swap mid-read: a certificate from one publication, a key from
+            // the next) says nothing about either publication.
+            let moved = loaded.is_err() && top_level_stamp(&path) != before;
+            (loaded, moved.then_some(path))
+        })
+        .await;
         let cand = match loaded {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Attempt::Done(rejected(trigger, current, &e, started)),
+            Ok((Ok(c), _)) => c,
+            Ok((Err(_), Some(moved))) => return Attempt::Unstable(moved),
+            Ok((Err(e), None)) => return Attempt::Done(rejected(trigger, current, &e, started)),
             Err(join) => {
                 let e = LoadError::Build(BuildError {
                     listener: String::new(),

@@ -80,6 +80,7 @@ pub async fn start(handle: &ReloadHandle, ctx: &Arc<ProxyContext>) -> Result<Bac
         handle.clone(),
         stop.clone(),
     ));
+    crate::watch::start(handle, stop.clone());
     Ok(Background { stop, tasks })
 }
 

@@ -395,6 +395,39 @@ impl Daemon {
         }
     }
 
+    /// Starts `stayup run --config <config>` through a wrapper command
+    /// (for example `setpriv` to drop capabilities), without waiting.
+    pub fn spawn_wrapped(wrapper: &[&str], config: &Path) -> Daemon {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..])
+            .arg(stayup_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env_remove("RUST_LOG");
+        let mut child = cmd.spawn().expect("spawn wrapped stayup");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("STAYUP_TEST_ECHO").is_some() {
+                    eprintln!("[stayup] {line}");
+                }
+                sink.lock().expect("lines").push(line);
+            }
+        });
+        Daemon {
+            child,
+            lines,
+            cursor: 0,
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }

@@ -1,0 +1,367 @@
+//! The layouts kubelet and certbot publish: a Kubernetes projected volume updated by
+//! kubelet's AtomicWriter, certbot's `live/` symlinks into `archive/`, and
+//! referenced files changed in place (against the contract).
+
+mod common;
+mod watch_support;
+
+use common::*;
+use watch_support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_atomic_writer_updates_are_each_picked_up() {
+    let site = Site::new();
+    let pems: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| site.cert(n, &["localhost"]))
+        .collect();
+    let (bind, backend) = endpoints().await;
+    let vol = Projected::new(site.path("vol"));
+    let backend_addr = backend.addr;
+    let config = |version: u32| {
+        watch_yaml(
+            bind,
+            backend_addr,
+            "tls.crt",
+            "tls.key",
+            &reload_block("30s"),
+            &format!("# version {version}\n"),
+        )
+    };
+    let publish = |yaml: &str, pem: &stayup::pki::Pem| {
+        vol.update(&[
+            ("config.yaml", yaml.as_bytes(), 0o644),
+            ("tls.crt", pem.cert.as_bytes(), 0o644),
+            ("tls.key", pem.key.as_bytes(), 0o600),
+        ]);
+    };
+    publish(&config(1), &pems[0]);
+    let config_path = vol.dir.join("config.yaml");
+    let mut s = Served::start(
+        &config_path,
+        bind,
+        backend,
+        site.client(),
+        &pems[0].fingerprint(),
+    )
+    .await;
+
+    // Three updates in a row, each changing the configuration and the pair.
+    for (i, pem) in pems[1..].iter().enumerate() {
+        let yaml = config(i as u32 + 2);
+        publish(&yaml, pem);
+        let line = expect_outcome(&mut s.d, "committed", "watch").await;
+        assert_eq!(generation_of(&line), i as u64 + 2, "{line}");
+        assert!(
+            line.contains(&format!("source={}", sha_hex(yaml.as_bytes()))),
+            "{line}"
+        );
+        assert_eq!(
+            fingerprint_at(s.bind, "localhost", site.client()).await,
+            pem.fingerprint()
+        );
+        s.streamer.advance(8 * 1024).await;
+    }
+
+    // A renewal: config.yaml byte-identical, only the certificate and key
+    // changed behind the `..data` swap. A real change: committed.
+    let same = config(4);
+    publish(&same, &pems[0]);
+    let line = expect_outcome(&mut s.d, "committed", "watch").await;
+    assert_eq!(generation_of(&line), 5, "{line}");
+    assert!(
+        line.contains(&format!("source={}", sha_hex(same.as_bytes()))),
+        "{line}"
+    );
+    assert!(line.contains("certificate-swapped"), "{line}");
+    assert_eq!(
+        fingerprint_at(s.bind, "localhost", site.client()).await,
+        pems[0].fingerprint()
+    );
+
+    // And the same payload once more: the path names new files with the
+    // same bytes, so nothing is made.
+    publish(&same, &pems[0]);
+    let line = expect_outcome(&mut s.d, "unchanged", "watch").await;
+    assert_eq!(generation_of(&line), 5, "{line}");
+    s.streamer.advance(8 * 1024).await;
+    s.finish().await;
+}
+
+/// certbot renews by writing `archive/<name>/cert2.pem` etc. and then
+/// re-pointing each `live/<name>/*.pem` symlink in turn (unlink, symlink).
+/// Between two flips the live pair is mismatched; an explicit reload there
+/// must be refused, and the one after the last flip (what a deploy hook
+/// runs) committed. The watcher must not reload on any flip (only
+/// referenced files changed), but it reports them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certbot_symlink_flips_are_reported_not_reloaded() {
+    let site = Site::new();
+    let v1 = site.cert("v1", &["localhost"]);
+    let v2 = site.cert("v2", &["localhost"]);
+    for (pem, n) in [(&v1, 1), (&v2, 2)] {
+        site.write(&format!("archive/example/fullchain{n}.pem"), &pem.cert);
+        let key = site.path(&format!("archive/example/privkey{n}.pem"));
+        stayup::pki::write_private(&key, pem.key.as_bytes()).expect("write key");
+    }
+    std::fs::create_dir_all(site.path("live/example")).expect("mkdir live");
+    for kind in ["fullchain", "privkey"] {
+        std::os::unix::fs::symlink(
+            format!("../../archive/example/{kind}1.pem"),
+            site.path(&format!("live/example/{kind}.pem")),
+        )
+        .expect("symlink");
+    }
+    let (bind, backend) = endpoints().await;
+    site.publish(&watch_yaml(
+        bind,
+        backend.addr,
+        "live/example/fullchain.pem",
+        "live/example/privkey.pem",
+        &reload_block("300ms"),
+        "",
+    ));
+    let mut s = Served::start(
+        &site.config,
+        bind,
+        backend,
+        site.client(),
+        &v1.fingerprint(),
+    )
+    .await;
+
+    certbot_flip(
+        &site.path("live/example/fullchain.pem"),
+        "../../archive/example/fullchain2.pem",
+    );
+    // Reported as changed, or as unreadable if a poll fell between the
+    // unlink and the symlink.
+    let warning = s.d.wait_for("live/example/fullchain.pem: ").await;
+    assert!(
+        warning.contains("WARN")
+            && warning.contains("since generation 1")
+            && warning.contains("does not reload"),
+        "{warning}"
+    );
+
+    // Intermediate state: new certificate, old key.
+    let line = s.d.reload().await;
+    assert!(
+        line.contains("reload rejected") && line.contains("trigger=signal"),
+        "{line}"
+    );
+    assert_eq!(generation_of(&line), 1, "{line}");
+    assert_eq!(
+        fingerprint_at(s.bind, "localhost", site.client()).await,
+        v1.fingerprint()
+    );
+
+    certbot_flip(
+        &site.path("live/example/privkey.pem"),
+        "../../archive/example/privkey2.pem",
+    );
+    let warning = s.d.wait_for("live/example/privkey.pem: ").await;
+    assert!(warning.contains("since generation 1"), "{warning}");
+    // A poll after that, proving the watcher had time to act on the flips.
+    s.d.wait_for("poll: top-level file unchanged").await;
+    assert!(
+        automatic_outcomes(&s.d).is_empty(),
+        "the watcher reloaded on a referenced-file change:\n{}",
+        automatic_outcomes(&s.d).join("\n")
+    );
+
+    // The deploy hook's reload.
+    let line = s.d.reload().await;
+    assert!(
+        line.contains("reload committed") && line.contains("trigger=signal"),
+        "{line}"
+    );
+    assert_eq!(generation_of(&line), 2, "{line}");
+    assert_eq!(
+        fingerprint_at(s.bind, "localhost", site.client()).await,
+        v2.fingerprint()
+    );
+
+    // The new generation loaded the flipped files: nothing more to report.
+    s.d.wait_for("poll: top-level file unchanged").await;
+    s.d.wait_for("poll: top-level file unchanged").await;
+    assert_eq!(
+        s.d.output().matches("since generation 1 loaded it").count(),
+        2,
+        "{}",
+        s.d.output()
+    );
+    assert!(
+        !s.d.output().contains("since generation 2 loaded it"),
+        "{}",
+        s.d.output()
+    );
+    s.streamer.advance(8 * 1024).await;
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_referenced_file_changed_in_place_is_reported_not_reloaded() {
+    let site = Site::new();
+    let a = site.cert("a", &["localhost"]);
+    let b = site.cert("b", &["localhost"]);
+    let (bind, backend) = endpoints().await;
+    site.publish(&watch_yaml(
+        bind,
+        backend.addr,
+        "certs/a.pem",
+        "certs/a.key",
+        &reload_block("300ms"),
+        "",
+    ));
+    let mut s = Served::start(&site.config, bind, backend, site.client(), &a.fingerprint()).await;
+
+    // Overwrite a's certificate and key in place with b's.
+    write_in_place(&site.path("certs/a.pem"), b.cert.as_bytes());
+    write_in_place(&site.path("certs/a.key"), b.key.as_bytes());
+    let warned = [
+        s.d.wait_for("its content changed since generation 1").await,
+        s.d.wait_for("its content changed since generation 1").await,
+    ];
+    for name in ["certs/a.pem:", "certs/a.key:"] {
+        assert!(
+            warned.iter().any(|w| w.contains(name)),
+            "{name} not reported: {warned:?}"
+        );
+    }
+    assert!(warned[0].contains("publish new files"), "{}", warned[0]);
+    s.d.wait_for("poll: top-level file unchanged").await;
+    assert!(
+        automatic_outcomes(&s.d).is_empty(),
+        "{}",
+        automatic_outcomes(&s.d).join("\n")
+    );
+    // The live generation keeps serving what it loaded.
+    assert_eq!(
+        fingerprint_at(s.bind, "localhost", site.client()).await,
+        a.fingerprint()
+    );
+
+    // Reported once, not on every poll.
+    s.d.wait_for("poll: top-level file unchanged").await;
+    assert_eq!(s.d.output().matches("its content changed").count(), 2);
+
+    // An explicit reload loads the new content.
+    let line = s.d.reload().await;
+    assert!(
+        line.contains("reload committed") && line.contains("trigger=signal"),
+        "{line}"
+    );
+    assert_eq!(
+        fingerprint_at(s.bind, "localhost", site.client()).await,
+        b.fingerprint()
+    );
+    s.streamer.advance(8 * 1024).await;
+    s.finish().await;
+}
+
+/// AtomicWriter updates in quick succession while explicit reloads keep
+/// arriving: some reloads read while `..data` is swapped under them. None
+/// may commit a configuration with another publication's certificate, and
+/// none may be refused because it saw a mix (the stability gate reads
+/// again instead); the watch then commits the last publication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_reloads_racing_atomic_writer_updates_never_mix_publications() {
+    let site = Site::new();
+    let pems: Vec<_> = (0..4)
+        .map(|i| site.cert(&format!("p{i}"), &["localhost"]))
+        .collect();
+    let (bind, backend) = endpoints().await;
+    let vol = Projected::new(site.path("vol"));
+    let versions: Vec<(String, usize)> = (0..40)
+        .map(|v| {
+            let yaml = watch_yaml(
+                bind,
+                backend.addr,
+                "tls.crt",
+                "tls.key",
+                &reload_block("30s"),
+                &format!("# version {v}\n"),
+            );
+            (yaml, v % pems.len())
+        })
+        .collect();
+    // Which certificate each configuration was published with.
+    let expected: std::collections::HashMap<String, String> = versions
+        .iter()
+        .map(|(yaml, p)| {
+            (
+                sha_hex(yaml.as_bytes()),
+                pems[*p].fingerprint()[..16].to_string(),
+            )
+        })
+        .collect();
+    let update = |vol: &Projected, (yaml, p): &(String, usize)| {
+        vol.update(&[
+            ("config.yaml", yaml.as_bytes(), 0o644),
+            ("tls.crt", pems[*p].cert.as_bytes(), 0o644),
+            ("tls.key", pems[*p].key.as_bytes(), 0o600),
+        ]);
+    };
+    update(&vol, &versions[0]);
+    let config_path = vol.dir.join("config.yaml");
+    let mut s = Served::start(
+        &config_path,
+        bind,
+        backend,
+        site.client(),
+        &pems[0].fingerprint(),
+    )
+    .await;
+
+    let last = versions[versions.len() - 1].clone();
+    let writer = {
+        let (pems, dir) = (pems.clone(), vol.dir.clone());
+        let versions = versions.clone();
+        std::thread::spawn(move || {
+            let vol = Projected { dir };
+            for (yaml, p) in &versions[1..] {
+                vol.update(&[
+                    ("config.yaml", yaml.as_bytes(), 0o644),
+                    ("tls.crt", pems[*p].cert.as_bytes(), 0o644),
+                    ("tls.key", pems[*p].key.as_bytes(), 0o600),
+                ]);
+                std::thread::sleep(std::time::Duration::from_millis(3));
+            }
+        })
+    };
+    while !writer.is_finished() {
+        s.d.signal("HUP");
+        tokio::time::sleep(std::time::Duration::from_millis(7)).await;
+    }
+    writer.join().expect("writer");
+
+    s.d.wait_for(&format!("source={}", sha_hex(last.0.as_bytes())))
+        .await;
+    let output = s.d.output();
+    assert!(!output.contains("reload rejected"), "{output}");
+    let mut serving = pems[0].fingerprint()[..16].to_string();
+    for line in output
+        .lines()
+        .filter(|l| l.contains("reload committed") && !l.contains("trigger=startup"))
+    {
+        if let Some(swap) = line.split("certificate-swapped web: ").nth(1) {
+            let to = swap.split(" -> ").nth(1).expect("swap target");
+            serving = to[..16].to_string();
+        }
+        let source = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("source="))
+            .expect("source");
+        assert_eq!(
+            expected[source], serving,
+            "mixed publication committed: {line}"
+        );
+    }
+    assert_eq!(
+        fingerprint_at(s.bind, "localhost", site.client()).await,
+        pems[last.1].fingerprint()
+    );
+    s.streamer.advance(8 * 1024).await;
+    s.finish().await;
+}
