@@ -319,15 +319,18 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(30);
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Where the daemon serving a configuration answers.
-struct Found {
-    socket: PathBuf,
+#[derive(Debug)]
+pub struct Found {
+    pub socket: PathBuf,
 }
 
-/// Why no daemon was found: the socket tried last and the error.
-struct NotFound {
-    socket: PathBuf,
-    error: String,
-    parse_error: Option<String>,
+/// Why no daemon was found: the socket tried first and the error.
+#[derive(Debug)]
+pub struct NotFound {
+    pub socket: PathBuf,
+    pub error: String,
+    /// Set when the configuration does not parse.
+    pub parse_error: Option<String>,
 }
 
 /// The daemon serving `config_path`, found at the socket the file names or,
@@ -336,7 +339,7 @@ struct NotFound {
 /// only if the daemon there says it serves this same file: a folder may
 /// hold several configurations, and reloading another daemon would be
 /// worse than no answer.
-async fn find_daemon(config_path: &Path) -> Result<Found, NotFound> {
+pub async fn find_daemon(config_path: &Path) -> Result<Found, NotFound> {
     let (named, parse_error) = locate(config_path);
     let default = default_socket_path(config_path);
     let mut tried = Vec::new();

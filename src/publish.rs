@@ -297,8 +297,19 @@ struct DaemonLink {
     generation: Option<u64>,
 }
 
+/// The daemon serving `config` (see [`crate::control::find_daemon`]: never
+/// another configuration's daemon that happens to share the folder).
 async fn find_daemon(config: &Path) -> Result<DaemonLink, String> {
-    let (socket, _) = crate::control::locate(config);
+    let socket = match crate::control::find_daemon(config).await {
+        Ok(found) => found.socket,
+        Err(nf) => {
+            return Err(format!(
+                "no daemon answering on {} ({})",
+                nf.socket.display(),
+                nf.error
+            ));
+        }
+    };
     match tokio::time::timeout(STATUS_WAIT, crate::control::request(&socket, "status")).await {
         Ok(Ok(status)) => Ok(DaemonLink {
             socket,
@@ -808,15 +819,21 @@ fn rollback(config: &Path, to: Option<&str>, dry_run: bool) -> Result<(), Stop> 
 pub async fn cli_gc(config: &Path, keep: usize) -> u8 {
     // A daemon may still serve an older file than the live one (it rejected
     // the newest): its history entry is kept too, so it stays restorable.
-    let (socket, _) = crate::control::locate(config);
-    let running =
-        match tokio::time::timeout(STATUS_WAIT, crate::control::request(&socket, "status")).await {
+    let running = match crate::control::find_daemon(config).await {
+        Ok(found) => match tokio::time::timeout(
+            STATUS_WAIT,
+            crate::control::request(&found.socket, "status"),
+        )
+        .await
+        {
             Ok(Ok(status)) => status
                 .get("source_sha256")
                 .and_then(Value::as_str)
                 .map(str::to_string),
             _ => None,
-        };
+        },
+        Err(_) => None,
+    };
     match gc(config, keep, running.as_deref()) {
         Ok(()) => 0,
         Err(Stop(why)) => {
