@@ -4,7 +4,9 @@
 //! and validates a configuration without serving it (what `stayup check`
 //! does); [`daemon::Daemon`] runs listeners whose generation the
 //! [`reloader::Reloader`] replaces atomically; every reload returns an
-//! [`reloader::Outcome`].
+//! [`reloader::Outcome`]. [`triggers::start`] adds what `stayup run` has
+//! besides SIGHUP: the control socket, the file watcher and poll, the admin
+//! endpoint and systemd notifications.
 //!
 //! Data flows one way: a trigger asks the reloader; the reloader reads the
 //! [`config`], loads the [`material`], builds a [`generation`] and commits it
