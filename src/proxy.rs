@@ -25,6 +25,8 @@ use crate::generation::{Generation, ListenerRuntime};
 /// A listener address that could not be bound.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BindError {
+    /// The configuration file that declares the listener.
+    pub file: std::path::PathBuf,
     pub listener: String,
     pub addr: SocketAddr,
     pub reason: String,
@@ -34,8 +36,11 @@ impl fmt::Display for BindError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "listener {:?}: cannot bind {}: {}",
-            self.listener, self.addr, self.reason
+            "{}: listener {:?}: cannot bind {}: {}",
+            self.file.display(),
+            self.listener,
+            self.addr,
+            self.reason
         )
     }
 }
@@ -118,6 +123,7 @@ impl Listeners {
                 continue;
             }
             let listener = bind(l.bind).map_err(|e| BindError {
+                file: config.path.clone(),
                 listener: l.name.clone(),
                 addr: l.bind,
                 reason: e.to_string(),

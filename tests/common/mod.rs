@@ -375,6 +375,13 @@ impl Daemon {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Self::spawn_command(cmd)
+    }
+
+    /// Starts a prepared command (for example `stayup run` wrapped in
+    /// `setpriv`) and collects its stderr like [`Daemon::spawn`].
+    pub fn spawn_command(mut cmd: Command) -> Daemon {
+        cmd.stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn stayup");
         let stderr = child.stderr.take().expect("stderr");
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -513,4 +520,74 @@ pub async fn wait_refused(addr: SocketAddr) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Open file descriptors of a process (entries of /proc/PID/fd).
+pub fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .count()
+}
+
+/// Resident set size of a process in KiB (VmRSS of /proc/PID/status).
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// The effective user id of this test process.
+pub fn euid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("Uid in /proc/self/status")
+}
+
+/// Whether a program is on PATH.
+pub fn have_program(name: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name} >/dev/null 2>&1"))
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// A `stayup run --config <config>` command. When the tests run as root,
+/// the daemon is started without the capabilities that let root read any
+/// file (via `setpriv`), so "permission denied" can be exercised; the
+/// second value says whether unreadable files are really unreadable to it.
+pub fn run_command_unprivileged(config: &Path) -> (Command, bool) {
+    let mut cmd;
+    let denies;
+    if euid() != 0 {
+        cmd = Command::new(stayup_bin());
+        denies = true;
+    } else if have_program("setpriv") {
+        cmd = Command::new("setpriv");
+        cmd.args([
+            "--inh-caps=-dac_override,-dac_read_search",
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--",
+            stayup_bin(),
+        ]);
+        denies = true;
+    } else {
+        cmd = Command::new(stayup_bin());
+        denies = false;
+    }
+    cmd.arg("run")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .env_remove("RUST_LOG");
+    (cmd, denies)
 }
