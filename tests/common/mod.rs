@@ -591,3 +591,41 @@ pub fn run_command_unprivileged(config: &Path) -> (Command, bool) {
         .env_remove("RUST_LOG");
     (cmd, denies)
 }
+
+/// `stayup status --config <config> --json`, parsed.
+pub fn status_json(config: &Path) -> serde_json::Value {
+    let path = config.to_str().expect("utf8 path");
+    let (code, out, err) = stayup(&["status", "--config", path, "--json"]);
+    assert_eq!(code, 0, "stayup status failed: {err}");
+    serde_json::from_str(&out).expect("status JSON")
+}
+
+/// Waits until the status counter at `pointer` (a JSON pointer such as
+/// `/connections/refused_over_limit`) is at least `min`; returns it.
+pub async fn wait_counter(config: &Path, pointer: &str, min: u64) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = status_json(config)
+            .pointer(pointer)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or_else(|| panic!("status has no number at {pointer}"));
+        if v >= min {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status {pointer} stayed at {v}, expected at least {min}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads until the peer closes; returns the bytes read, or the error that
+/// ended the read (a reset rather than a clean close, for example).
+pub async fn read_to_close<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "peer never closed"))??;
+    Ok(out)
+}
