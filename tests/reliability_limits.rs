@@ -27,12 +27,11 @@ fn listener_with(
     tls_extra: &str,
 ) -> String {
     let base = listener_yaml(name, bind, backend, &[cert]);
-    let base = base.replacen(
+    base.replacen(
         "    tls:\n",
         &format!("{listener_extra}    tls:\n{tls_extra}"),
         1,
-    );
-    base
+    )
 }
 
 async fn open_streamer(bind: SocketAddr, site: &Site) -> Streamer {
