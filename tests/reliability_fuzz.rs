@@ -48,7 +48,7 @@ fn run_for<S: Strategy>(
             failure_persistence: None,
             ..RunnerConfig::default()
         });
-        if let Err(e) = runner.run(&strategy, &counted) {
+        if let Err(e) = runner.run(&strategy, counted) {
             panic!("{name}: {e}");
         }
     }
