@@ -269,6 +269,15 @@ impl Streamer {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        Self::start_paced(stream, 4096, Duration::from_millis(5))
+    }
+
+    /// Like [`Streamer::start`], sending `chunk` bytes and pausing `pause`
+    /// between round trips (many slow streams instead of a few fast ones).
+    pub fn start_paced<S>(stream: S, chunk: usize, pause: Duration) -> Streamer
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let stop = Arc::new(AtomicBool::new(false));
         let verified = Arc::new(AtomicU64::new(0));
         let (st, ver) = (stop.clone(), verified.clone());
@@ -276,8 +285,8 @@ impl Streamer {
             let (mut r, mut w) = tokio::io::split(stream);
             let mut seq: u64 = 0;
             let mut expect: u64 = 0;
-            let mut chunk = vec![0u8; 4096];
-            let mut back = vec![0u8; 4096];
+            let mut chunk = vec![0u8; chunk];
+            let mut back = vec![0u8; chunk.len()];
             while !st.load(Ordering::Relaxed) {
                 for b in chunk.iter_mut() {
                     *b = pattern(seq);
@@ -298,7 +307,7 @@ impl Streamer {
                     expect += 1;
                 }
                 ver.store(expect, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(pause).await;
             }
             Ok(expect)
         });
