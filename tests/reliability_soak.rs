@@ -162,9 +162,9 @@ async fn soak_streams_handshakes_and_reload_storm() {
     let mut i = 0u64;
     while started.elapsed() < run_for {
         let tick = Instant::now();
-        let good = i % 2 == 0;
+        let good = i.is_multiple_of(2);
         if good {
-            site.publish(&valid(if (i / 2) % 2 == 0 { "b" } else { "a" }));
+            site.publish(&valid(if (i / 2).is_multiple_of(2) { "b" } else { "a" }));
         } else {
             site.publish(&invalid[((i / 2) % invalid.len() as u64) as usize]);
         }
