@@ -88,13 +88,27 @@ async fn max_connections_total_and_per_listener() {
         1
     );
 
+    // A client whose first bytes are already waiting when it is refused
+    // still gets a clean close (a FIN), not a reset.
+    let mut eager = TcpStream::connect(web).await.expect("tcp connect");
+    eager.write_all(&[0x16; 512]).await.expect("write");
+    let got = read_to_close(&mut eager)
+        .await
+        .expect("a refusal with unread input was a reset, not a clean close");
+    assert!(got.is_empty());
+    drop(eager);
+    assert_eq!(
+        wait_counter(&site.config, "/connections/refused_over_limit", 2).await,
+        2
+    );
+
     // The total cap: web's one plus two on api make three.
     let a1 = open_streamer(api, &site).await;
     let a2 = open_streamer(api, &site).await;
     assert_refused(api, &site).await;
     assert_eq!(
-        wait_counter(&site.config, "/connections/refused_over_limit", 2).await,
-        2
+        wait_counter(&site.config, "/connections/refused_over_limit", 3).await,
+        3
     );
     for s in [&w1, &a1, &a2] {
         s.advance(16 * 1024).await;
