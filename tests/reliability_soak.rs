@@ -13,8 +13,10 @@
 //! STAYUP_SOAK_SECS=600 cargo test --release --test reliability_soak -- --ignored --nocapture
 //! ```
 //!
-//! Sizes can be changed with `STAYUP_SOAK_STREAMS` (default 200) and
-//! `STAYUP_SOAK_HANDSHAKES` (new connections per second, default 50).
+//! Sizes can be changed with `STAYUP_SOAK_STREAMS` (default 200),
+//! `STAYUP_SOAK_HANDSHAKES` (new connections per second, default 50) and
+//! `STAYUP_SOAK_RELOAD_MS` (time between reloads, default 100; 0 reloads
+//! back to back, for a quick "10,000 reloads, no growth" run).
 
 mod common;
 use common::*;
@@ -106,6 +108,7 @@ async fn soak_streams_handshakes_and_reload_storm() {
     let secs = env_or("STAYUP_SOAK_SECS", 20);
     let streams = env_or("STAYUP_SOAK_STREAMS", 200) as usize;
     let per_sec = env_or("STAYUP_SOAK_HANDSHAKES", 50);
+    let reload_every = Duration::from_millis(env_or("STAYUP_SOAK_RELOAD_MS", 100));
 
     let site = Site::new();
     let backend = EchoBackend::start().await;
@@ -180,7 +183,7 @@ async fn soak_streams_handshakes_and_reload_storm() {
             quarter = Some((fd_count(pid), rss_kib(pid)));
         }
         i += 1;
-        if let Some(rest) = Duration::from_millis(100).checked_sub(tick.elapsed()) {
+        if let Some(rest) = reload_every.checked_sub(tick.elapsed()) {
             tokio::time::sleep(rest).await;
         }
     }
