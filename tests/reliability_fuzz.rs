@@ -1,7 +1,7 @@
 //! Property-based fuzzing of the two parsers that take hostile input: the
 //! configuration parser and material validation. (`cargo fuzz` needs a
-//! nightly toolchain and its own tool; these run on stable, in the normal
-//! test suite.)
+//! nightly toolchain and the cargo-fuzz subcommand; these run on stable,
+//! in the normal test suite.)
 //!
 //! Each test generates inputs for a time budget, `STAYUP_FUZZ_SECS`
 //! seconds (default 60), and asserts that nothing panics and that every

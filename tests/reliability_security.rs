@@ -52,7 +52,7 @@ fn key_readable_by_group_or_others_is_refused_unless_allowed() {
 }
 
 /// Runs `openssl s_client` against `bind` with extra arguments; returns
-/// whether a session was established, and the output.
+/// whether a TLS connection was established, and the output.
 fn s_client(bind: SocketAddr, args: &[&str]) -> (bool, String) {
     let out = Command::new("openssl")
         .args([
