@@ -196,6 +196,9 @@ impl Backend {
     /// Parses `host:port`, `1.2.3.4:port` or `[::1]:port`.
     pub fn parse(s: &str) -> Result<Backend, String> {
         if let Ok(addr) = s.parse::<SocketAddr>() {
+            if addr.port() == 0 {
+                return Err(format!("backend {s:?} has port 0"));
+            }
             return Ok(Backend {
                 host: addr.ip().to_string(),
                 port: addr.port(),
@@ -921,5 +924,6 @@ drain:
         assert!(Backend::parse("db.internal").is_err());
         assert!(Backend::parse("db internal:1").is_err());
         assert!(Backend::parse("h:0").is_err());
+        assert!(Backend::parse("127.0.0.1:0").is_err());
     }
 }

@@ -540,6 +540,22 @@ fn load_pair(
 ) -> Result<LoadedCert, MaterialError> {
     let chain = parse_certs(cert_path, cert_bytes, "certificate")?;
 
+    // Parse every certificate of the chain; the leaf gets the full checks.
+    let mut parsed = Vec::new();
+    for (index, der) in chain.iter().enumerate() {
+        let (_, cert) =
+            X509Certificate::from_der(der.as_ref()).map_err(|e| MaterialError::BadCertificate {
+                file: cert_path.to_path_buf(),
+                index,
+                reason: e.to_string(),
+            })?;
+        parsed.push(cert);
+    }
+    let leaf = &parsed[0];
+    // Before the key is loaded: the crypto provider refuses short RSA keys
+    // with an opaque parse error, so name the real problem first.
+    check_rsa_strength(cert_path, leaf)?;
+
     if key_bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(MaterialError::Empty {
             file: key_path.to_path_buf(),
@@ -569,19 +585,6 @@ fn load_pair(
                 file: key_path.to_path_buf(),
                 reason: e.to_string(),
             })?;
-
-    // Parse every certificate of the chain; the leaf gets the full checks.
-    let mut parsed = Vec::new();
-    for (index, der) in chain.iter().enumerate() {
-        let (_, cert) =
-            X509Certificate::from_der(der.as_ref()).map_err(|e| MaterialError::BadCertificate {
-                file: cert_path.to_path_buf(),
-                index,
-                reason: e.to_string(),
-            })?;
-        parsed.push(cert);
-    }
-    let leaf = &parsed[0];
 
     let certified = CertifiedKey::new(chain.clone(), signing_key.clone());
     if certified.keys_match().is_err() {
@@ -638,15 +641,6 @@ fn load_pair(
             not_before: format_time(&validity.not_before),
         });
     }
-    if let Ok(x509_parser::public_key::PublicKey::RSA(rsa)) = leaf.public_key().parsed() {
-        let bits = rsa.key_size();
-        if bits < MIN_RSA_BITS {
-            return Err(MaterialError::WeakKey {
-                file: cert_path.to_path_buf(),
-                bits,
-            });
-        }
-    }
 
     let mut sans = Vec::new();
     let mut dns_names = Vec::new();
@@ -686,6 +680,19 @@ fn load_pair(
         info,
         dns_names,
     })
+}
+
+fn check_rsa_strength(cert_path: &Path, leaf: &X509Certificate<'_>) -> Result<(), MaterialError> {
+    if let Ok(x509_parser::public_key::PublicKey::RSA(rsa)) = leaf.public_key().parsed() {
+        let bits = rsa.key_size();
+        if bits < MIN_RSA_BITS {
+            return Err(MaterialError::WeakKey {
+                file: cert_path.to_path_buf(),
+                bits,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Whether a certificate with these names serves `name` (exact, or a

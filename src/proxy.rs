@@ -279,6 +279,26 @@ fn take_slot(counter: &AtomicUsize, max: usize) -> Option<Slot<'_>> {
     Some(slot)
 }
 
+/// Closes a refused connection with a FIN rather than a reset: a socket
+/// closed with unread input (the client's hello) makes the kernel send RST,
+/// which clients report as an error of the network rather than a refusal.
+/// The unread input is drained for a short, bounded time.
+async fn close_gently(mut tcp: TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let _ = tcp.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
 async fn serve(
     ctx: Arc<ProxyContext>,
     generation: Arc<Generation>,
@@ -295,6 +315,7 @@ async fn serve(
             .refused_over_limit
             .fetch_add(1, Ordering::Relaxed);
         tracing::debug!(listener = %listener.name, %peer, "connection refused: limits.max_connections reached");
+        close_gently(tcp).await;
         return;
     };
     let Some(_own) = take_slot(&listener.open, listener.max_connections) else {
@@ -302,6 +323,8 @@ async fn serve(
             .refused_over_limit
             .fetch_add(1, Ordering::Relaxed);
         tracing::debug!(listener = %listener.name, %peer, "connection refused: max_connections reached");
+        drop(_total);
+        close_gently(tcp).await;
         return;
     };
     let _guard = generation.track();
@@ -396,6 +419,10 @@ async fn handle(
         }
         Err(e) => {
             tracing::debug!(listener = %listener.name, %peer, error = %e, "connection ended with an error");
+            // Idle timeout or a failed side: end the TLS session properly
+            // (close_notify) so the client sees a clean close, but never
+            // wait long for a client that does not read.
+            let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
         }
     }
 }

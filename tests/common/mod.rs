@@ -269,6 +269,15 @@ impl Streamer {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        Self::start_paced(stream, 4096, Duration::from_millis(5))
+    }
+
+    /// Like [`Streamer::start`], sending `chunk` bytes and pausing `pause`
+    /// between round trips (many slow streams instead of a few fast ones).
+    pub fn start_paced<S>(stream: S, chunk: usize, pause: Duration) -> Streamer
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let stop = Arc::new(AtomicBool::new(false));
         let verified = Arc::new(AtomicU64::new(0));
         let (st, ver) = (stop.clone(), verified.clone());
@@ -276,8 +285,8 @@ impl Streamer {
             let (mut r, mut w) = tokio::io::split(stream);
             let mut seq: u64 = 0;
             let mut expect: u64 = 0;
-            let mut chunk = vec![0u8; 4096];
-            let mut back = vec![0u8; 4096];
+            let mut chunk = vec![0u8; chunk];
+            let mut back = vec![0u8; chunk.len()];
             while !st.load(Ordering::Relaxed) {
                 for b in chunk.iter_mut() {
                     *b = pattern(seq);
@@ -298,7 +307,7 @@ impl Streamer {
                     expect += 1;
                 }
                 ver.store(expect, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(pause).await;
             }
             Ok(expect)
         });
@@ -375,6 +384,13 @@ impl Daemon {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Self::spawn_command(cmd)
+    }
+
+    /// Starts a prepared command (for example `stayup run` wrapped in
+    /// `setpriv`) and collects its stderr like [`Daemon::spawn`].
+    pub fn spawn_command(mut cmd: Command) -> Daemon {
+        cmd.stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn stayup");
         let stderr = child.stderr.take().expect("stderr");
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -653,4 +669,116 @@ impl Daemon {
         self.wait_printed(|l| l.trim_end().ends_with("stayup::daemon: stopped"))
             .await;
     }
+}
+
+/// Open file descriptors of a process (entries of /proc/PID/fd).
+pub fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .count()
+}
+
+/// Resident set size of a process in KiB (VmRSS of /proc/PID/status).
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// The effective user id of this test process.
+pub fn euid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("Uid in /proc/self/status")
+}
+
+/// Whether a program is on PATH.
+pub fn have_program(name: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name} >/dev/null 2>&1"))
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// A `stayup run --config <config>` command. When the tests run as root,
+/// the daemon is started without the capabilities that let root read any
+/// file (via `setpriv`), so "permission denied" can be exercised; the
+/// second value says whether unreadable files are really unreadable to it.
+pub fn run_command_unprivileged(config: &Path) -> (Command, bool) {
+    let mut cmd;
+    let denies;
+    if euid() != 0 {
+        cmd = Command::new(stayup_bin());
+        denies = true;
+    } else if have_program("setpriv") {
+        cmd = Command::new("setpriv");
+        cmd.args([
+            "--inh-caps=-dac_override,-dac_read_search",
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--",
+            stayup_bin(),
+        ]);
+        denies = true;
+    } else {
+        cmd = Command::new(stayup_bin());
+        denies = false;
+    }
+    cmd.arg("run")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .env_remove("RUST_LOG");
+    (cmd, denies)
+}
+
+/// `stayup status --config <config> --json`, parsed.
+pub async fn status_json(config: &Path) -> serde_json::Value {
+    let path = config.to_str().expect("utf8 path").to_string();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || stayup(&["status", "--config", &path, "--json"]))
+            .await
+            .expect("status thread");
+    assert_eq!(code, 0, "stayup status failed: {err}");
+    serde_json::from_str(out.trim()).expect("status JSON")
+}
+
+/// Waits until the status counter at `pointer` (a JSON pointer such as
+/// `/connections/refused_over_limit`) is at least `min`; returns it.
+pub async fn wait_counter(config: &Path, pointer: &str, min: u64) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = status_json(config)
+            .await
+            .pointer(pointer)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or_else(|| panic!("status has no number at {pointer}"));
+        if v >= min {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status {pointer} stayed at {v}, expected at least {min}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads until the peer closes; returns the bytes read, or the error that
+/// ended the read (a reset rather than a clean close, for example).
+pub async fn read_to_close<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "peer never closed"))??;
+    Ok(out)
 }

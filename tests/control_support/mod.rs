@@ -100,14 +100,6 @@ pub async fn reload_json(config: &Path) -> (i32, serde_json::Value) {
     (code, v)
 }
 
-/// `stayup status --config <config> --json`.
-pub async fn status_json(config: &Path) -> serde_json::Value {
-    let c = config.to_str().expect("utf-8 path");
-    let (code, out, err) = cli(&["status", "--config", c, "--json"]).await;
-    assert_eq!(code, 0, "status failed: {err}");
-    serde_json::from_str(out.trim()).expect("status JSON")
-}
-
 /// Waits until `path` exists (or, with `exists` false, is gone).
 pub async fn wait_path(path: &Path, exists: bool) {
     let deadline = Instant::now() + WAIT;

@@ -1,0 +1,200 @@
+//! Faults: a backend that is down, a backend that closes mid-stream, a
+//! SIGHUP that arrives while a reload runs. (A reload whose new listener's
+//! port is taken by another process is a case of the bad-input corpus,
+//! `fixtures/bad/config-port-taken-by-another-process`, checked with open
+//! streams in `reliability_corpus.rs`.)
+
+mod common;
+use common::*;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+fn addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().expect("addr")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_down_closes_clients_cleanly_and_is_counted() {
+    let site = Site::new();
+    let echo = EchoBackend::start().await;
+    site.cert("a", &["localhost"]);
+    let (web, api, down) = (addr(), addr(), addr());
+    site.publish(&format!(
+        "listeners:\n{}{}reload:\n  watch: false\n",
+        listener_yaml("web", web, down, &["a"]),
+        listener_yaml("api", api, echo.addr, &["a"]),
+    ));
+    let d = Daemon::start(&site.config).await;
+    let streamer = Streamer::start(
+        tokio::time::timeout(WAIT, connect(api, "localhost", site.client()))
+            .await
+            .expect("connect timed out")
+            .expect("connect"),
+    );
+    streamer.advance(4096).await;
+
+    for _ in 0..3 {
+        let mut s = tokio::time::timeout(WAIT, connect(web, "localhost", site.client()))
+            .await
+            .expect("connect timed out")
+            .expect("handshake");
+        let got = read_to_close(&mut s).await.expect("clean close");
+        assert!(got.is_empty());
+    }
+    wait_counter(&site.config, "/connections/backend_failures", 3).await;
+    streamer.advance(16 * 1024).await;
+    streamer
+        .finish()
+        .await
+        .expect("a connection to the healthy backend broke");
+    assert!(d.stop().await.success());
+}
+
+/// A backend that echoes `limit` bytes and then closes the connection.
+async fn closing_backend(limit: usize) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; limit];
+                if s.read_exact(&mut buf).await.is_ok() {
+                    let _ = s.write_all(&buf).await;
+                }
+                // Dropped here: the backend goes away mid-conversation.
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_closing_mid_stream_ends_only_that_connection_cleanly() {
+    let site = Site::new();
+    let echo = EchoBackend::start().await;
+    let closing = closing_backend(1000).await;
+    site.cert("a", &["localhost"]);
+    let (web, api) = (addr(), addr());
+    site.publish(&format!(
+        "listeners:\n{}{}reload:\n  watch: false\n",
+        listener_yaml("web", web, closing, &["a"]),
+        listener_yaml("api", api, echo.addr, &["a"]),
+    ));
+    let d = Daemon::start(&site.config).await;
+    let streamer = Streamer::start(
+        tokio::time::timeout(WAIT, connect(api, "localhost", site.client()))
+            .await
+            .expect("connect timed out")
+            .expect("connect"),
+    );
+    streamer.advance(4096).await;
+
+    for round in 0..3 {
+        let mut s = tokio::time::timeout(WAIT, connect(web, "localhost", site.client()))
+            .await
+            .expect("connect timed out")
+            .expect("handshake");
+        let msg: Vec<u8> = (0..1000u32).map(|i| (i * 7 + round) as u8).collect();
+        s.write_all(&msg).await.expect("write");
+        let got = read_to_close(&mut s)
+            .await
+            .expect("a clean close (close_notify) after the backend left");
+        assert_eq!(got, msg, "round {round}: bytes lost or corrupted");
+    }
+    streamer.advance(16 * 1024).await;
+    streamer.finish().await.expect("another connection broke");
+    assert!(d.stop().await.success());
+}
+
+/// A client CA bundle of a few MB makes a reload take long enough for a
+/// second SIGHUP to arrive while it runs.
+fn big_ca_bundle(site: &Site) {
+    let one = &site.ca.pem.cert;
+    let n = (3 * 1024 * 1024) / one.len();
+    site.write("certs/bundle.pem", one.repeat(n));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_during_a_reload_is_coalesced_not_lost() {
+    let site = Site::new();
+    let backend = EchoBackend::start().await;
+    let a = site.cert("a", &["localhost"]);
+    let b = site.cert("b", &["localhost"]);
+    let c = site.cert("c", &["localhost"]);
+    big_ca_bundle(&site);
+    let bind = addr();
+    let slow = |cert: &str| {
+        simple_config(bind, backend.addr, cert).replace(
+            "    tls:\n",
+            "    tls:\n      client_ca: certs/bundle.pem\n",
+        )
+    };
+    site.publish(&simple_config(bind, backend.addr, "a"));
+    let mut d = Daemon::start(&site.config).await;
+    assert_eq!(
+        fingerprint_at(bind, "localhost", site.client()).await,
+        a.fingerprint()
+    );
+    let streamer = Streamer::start(
+        tokio::time::timeout(WAIT, connect(bind, "localhost", site.client()))
+            .await
+            .expect("connect timed out")
+            .expect("connect"),
+    );
+
+    // Calibrate: how long does the slow reload take here?
+    site.publish(&slow("b"));
+    let line = d.reload().await;
+    assert!(line.contains("reload committed"), "{line}");
+    let ms: f64 = line
+        .rsplit("ms=")
+        .next()
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("ms= in the outcome line");
+    assert!(
+        ms > 20.0,
+        "the slow reload took only {ms} ms; cannot overlap"
+    );
+    let _ = b;
+
+    // The second signal lands while the first reload is reading files.
+    site.publish(&slow("a"));
+    d.signal("HUP");
+    tokio::time::sleep(Duration::from_millis((ms / 4.0) as u64)).await;
+    site.publish(&simple_config(bind, backend.addr, "c"));
+    d.signal("HUP");
+
+    // Every outcome until the daemon serves the last published file; it
+    // must get there (the second signal was not lost) in at most two
+    // reloads' worth of outcomes, and never reject.
+    let deadline = Instant::now() + WAIT;
+    let mut outcomes = Vec::new();
+    loop {
+        let line = d.outcome().await;
+        assert!(!line.contains("reload rejected"), "{line}");
+        outcomes.push(line);
+        if fingerprint_at(bind, "localhost", site.client()).await == c.fingerprint() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && outcomes.len() < 3,
+            "the last published file is not served: {outcomes:#?}"
+        );
+    }
+    eprintln!("slow reload {ms} ms; outcomes: {outcomes:#?}");
+    // Nothing further is queued that would change the state again.
+    let line = d.reload().await;
+    assert!(line.contains("reload unchanged"), "{line}");
+    assert_eq!(
+        fingerprint_at(bind, "localhost", site.client()).await,
+        c.fingerprint()
+    );
+    streamer.advance(16 * 1024).await;
+    streamer.finish().await.expect("stream intact");
+    assert!(d.stop().await.success());
+}

@@ -1,0 +1,196 @@
+//! Security properties: private key permissions, protocol versions and
+//! cipher suites, the control socket's mode, the admin endpoint's default
+//! reach, and what a TLS client learns when the backend fails.
+//! (That nothing the daemon prints contains key material is checked over
+//! the whole bad-input corpus in `reliability_corpus.rs`.)
+
+mod common;
+use common::*;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+
+fn addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().expect("addr")
+}
+
+fn check(config: &std::path::Path) -> (i32, String) {
+    let (code, out, err) = stayup(&["check", "--config", config.to_str().expect("utf8")]);
+    (code, format!("{out}{err}"))
+}
+
+#[test]
+fn key_readable_by_group_or_others_is_refused_unless_allowed() {
+    let site = Site::new();
+    let pem = site.cert("a", &["localhost"]);
+    let key = site.path("certs/a.key");
+    let (bind, backend) = (addr(), addr());
+    site.publish(&simple_config(bind, backend, "a"));
+    let (code, out) = check(&site.config);
+    assert_eq!(code, 0, "a 0600 key must pass: {out}");
+
+    for mode in [0o640, 0o604, 0o644] {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let (code, out) = check(&site.config);
+        assert_eq!(code, 1, "mode {mode:o} accepted: {out}");
+        assert!(out.contains(&key.display().to_string()), "{out}");
+        assert!(out.contains("readable by group or others"), "{out}");
+        for line in pem.key.lines().filter(|l| !l.starts_with("-----")) {
+            assert!(!out.contains(line), "key material in the message");
+        }
+    }
+    site.publish(&format!(
+        "{}limits:\n  allow_insecure_key_permissions: true\n",
+        simple_config(bind, backend, "a")
+    ));
+    let (code, out) = check(&site.config);
+    assert_eq!(
+        code, 0,
+        "allow_insecure_key_permissions did not allow: {out}"
+    );
+}
+
+/// Runs `openssl s_client` against `bind` with extra arguments; returns
+/// whether a TLS connection was established, and the output.
+fn s_client(bind: SocketAddr, args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &bind.to_string(),
+            "-servername",
+            "localhost",
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl s_client");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let established =
+        out.status.success() && text.contains("Cipher is") && !text.contains("Cipher is (NONE)");
+    (established, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_2_minimum_and_no_weak_cipher_suites() {
+    assert!(
+        have_program("openssl"),
+        "this test needs the openssl command (Debian package openssl)"
+    );
+    let site = Site::new();
+    let backend = EchoBackend::start().await;
+    site.cert("a", &["localhost"]);
+    let bind = addr();
+    site.publish(&simple_config(bind, backend.addr, "a"));
+    let d = Daemon::start(&site.config).await;
+
+    // Controls: what must work does.
+    let (ok, out) = tokio::task::spawn_blocking(move || s_client(bind, &["-tls1_3"]))
+        .await
+        .expect("join");
+    assert!(ok, "TLS 1.3 refused:\n{out}");
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        s_client(
+            bind,
+            &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"],
+        )
+    })
+    .await
+    .expect("join");
+    assert!(ok, "TLS 1.2 with an AEAD suite refused:\n{out}");
+
+    // Old protocols, offered with everything the client can do.
+    for version in ["-tls1_1", "-tls1"] {
+        let (ok, out) = tokio::task::spawn_blocking(move || {
+            s_client(bind, &[version, "-cipher", "ALL:@SECLEVEL=0"])
+        })
+        .await
+        .expect("join");
+        assert!(!ok, "{version} was accepted:\n{out}");
+    }
+    // Weak TLS 1.2 suites: RSA key exchange, CBC, SHA-1 MACs, 3DES, RC4.
+    for suite in [
+        "AES128-SHA",
+        "AES256-SHA256",
+        "ECDHE-ECDSA-AES128-SHA",
+        "ECDHE-ECDSA-AES256-SHA384",
+        "DES-CBC3-SHA",
+        "RC4-SHA",
+    ] {
+        let (ok, out) = tokio::task::spawn_blocking(move || {
+            s_client(
+                bind,
+                &["-tls1_2", "-cipher", &format!("{suite}:@SECLEVEL=0")],
+            )
+        })
+        .await
+        .expect("join");
+        assert!(!ok, "weak suite {suite} was accepted:\n{out}");
+    }
+    assert!(d.stop().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_socket_is_private() {
+    let site = Site::new();
+    let backend = EchoBackend::start().await;
+    site.cert("a", &["localhost"]);
+    site.publish(&simple_config(addr(), backend.addr, "a"));
+    let mut d = Daemon::spawn(&site.config, &[]);
+    d.wait_for("control socket ready").await;
+    let meta = std::fs::metadata(site.path("stayup.sock")).expect("control socket");
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "control socket mode {:o}",
+        meta.permissions().mode() & 0o777
+    );
+    assert!(d.stop().await.success());
+}
+
+#[test]
+fn admin_endpoint_is_loopback_only_unless_allowed() {
+    let site = Site::new();
+    site.cert("a", &["localhost"]);
+    let base = simple_config(addr(), addr(), "a");
+    site.publish(&format!("{base}admin:\n  listen: \"0.0.0.0:9900\"\n"));
+    let (code, out) = check(&site.config);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("not a loopback address"), "{out}");
+    site.publish(&format!("{base}admin:\n  listen: \"127.0.0.1:9900\"\n"));
+    assert_eq!(check(&site.config).0, 0);
+    site.publish(&format!(
+        "{base}admin:\n  listen: \"0.0.0.0:9900\"\n  allow_remote: true\n"
+    ));
+    assert_eq!(check(&site.config).0, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_errors_reach_the_log_not_the_client() {
+    let site = Site::new();
+    site.cert("a", &["localhost"]);
+    let (bind, down) = (addr(), addr());
+    site.publish(&simple_config(bind, down, "a"));
+    let mut d = Daemon::start(&site.config).await;
+
+    let mut s = tokio::time::timeout(WAIT, connect(bind, "localhost", site.client()))
+        .await
+        .expect("connect timed out")
+        .expect("handshake");
+    let got = read_to_close(&mut s)
+        .await
+        .expect("a clean close (close_notify), not an error");
+    assert!(
+        got.is_empty(),
+        "the client was told {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let line = d.wait_for("backend connect failed").await;
+    assert!(line.contains(&down.to_string()), "{line}");
+    assert!(d.stop().await.success());
+}
