@@ -282,7 +282,9 @@ fn take_slot(counter: &AtomicUsize, max: usize) -> Option<Slot<'_>> {
 /// Closes a refused connection with a FIN rather than a reset: a socket
 /// closed with unread input (the client's hello) makes the kernel send RST,
 /// which clients report as an error of the network rather than a refusal.
-/// The unread input is drained for a short, bounded time.
+/// The unread input is drained for a short, bounded time: short because a
+/// refusal happens under overload, when holding descriptors for refused
+/// clients is the last thing the process needs.
 async fn close_gently(mut tcp: TcpStream) {
     use tokio::io::AsyncReadExt;
     let _ = tcp.shutdown().await;
@@ -296,7 +298,7 @@ async fn close_gently(mut tcp: TcpStream) {
             }
         }
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+    let _ = tokio::time::timeout(Duration::from_millis(250), drain).await;
 }
 
 async fn serve(
