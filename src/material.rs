@@ -203,6 +203,10 @@ impl MaterialError {
     pub fn class(&self) -> &'static str {
         use MaterialError::*;
         match self {
+            Read {
+                reason: ReadError::TooLarge(_),
+                ..
+            } => "file-too-large",
             Read { .. } => "file-read",
             Empty { .. } => "file-empty",
             NotPem { .. } => "not-pem",
