@@ -280,22 +280,45 @@ pub async fn open_many(
     Ok(out)
 }
 
-/// How many of `conns` still answer an echo within `wait`.
+/// How many of `conns` still answer an echo, all asked at once and given
+/// `wait` in all.
 pub async fn still_answering(conns: &mut [Conn], wait: Duration) -> usize {
-    let mut alive = 0;
     let msg = [b'a'; MESSAGE];
-    for c in conns.iter_mut() {
+    let rounds = conns.iter_mut().map(|c| async move {
         let round = async {
             c.write_all(&msg).await?;
             let mut back = [0u8; MESSAGE];
             c.read_exact(&mut back).await?;
             Ok::<_, std::io::Error>(back == msg)
         };
-        if let Ok(Ok(true)) = tokio::time::timeout(wait, round).await {
-            alive += 1;
+        matches!(tokio::time::timeout(wait, round).await, Ok(Ok(true)))
+    });
+    let answers = futures_join_all(rounds).await;
+    answers.into_iter().filter(|&a| a).count()
+}
+
+/// Runs futures concurrently on this task and collects their outputs.
+async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut futs: Vec<_> = futs.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
         }
-    }
-    alive
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }
 
 /// One handshake; the DER of the leaf the server presented.

@@ -22,7 +22,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-const USAGE: &str = "usage: stayup-bench full|smoke|memory [--out FILE] [--only SYSTEM,...] [--stayup BINARY]\n\
+const USAGE: &str = "usage: stayup-bench full|smoke|memory [--out FILE] [--only SYSTEM,...] [--stayup BINARY] [--keep]\n\
   full   installs the peers from Debian if missing, runs everything (about 15 minutes),\n\
          writes bench/results/<date>.md and .svg\n\
   smoke  seconds-long version against stayup and whichever peers are installed,\n\
@@ -66,10 +66,12 @@ fn real_main() -> Result<()> {
     let mut out: Option<PathBuf> = None;
     let mut only: Option<Vec<String>> = None;
     let mut stayup_bin: Option<PathBuf> = None;
+    let mut settings_keep = false;
     let mut it = args[1..].iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--out" => out = it.next().map(PathBuf::from),
+            "--keep" => settings_keep = true,
             "--stayup" => stayup_bin = it.next().map(PathBuf::from),
             "--only" => {
                 only = it
@@ -97,6 +99,7 @@ fn real_main() -> Result<()> {
     pin(0)?;
     let mut settings = run::Settings::new(smoke);
     settings.memory_only = memory_only;
+    settings.keep = settings_keep;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -17,6 +18,8 @@ pub struct Settings {
     pub smoke: bool,
     /// Only the memory-per-idle-connection part (for profiling).
     pub memory_only: bool,
+    /// Keep the working folder (configurations, logs) for inspection.
+    pub keep: bool,
     pub concurrency: usize,
     pub warmup: Duration,
     pub handshake_time: Duration,
@@ -42,6 +45,7 @@ impl Settings {
             Settings {
                 smoke,
                 memory_only: false,
+                keep: false,
                 concurrency: 32,
                 warmup: ms(200),
                 handshake_time: ms(700),
@@ -62,7 +66,8 @@ impl Settings {
             Settings {
                 smoke,
                 memory_only: false,
-                concurrency: 64,
+                keep: false,
+                concurrency: 200,
                 warmup: s(1),
                 handshake_time: s(10),
                 bulk_time: s(5),
@@ -126,6 +131,8 @@ pub struct SystemResult {
     pub handshakes_per_cpu_s: Option<f64>,
     pub handshake_cpu_share: Option<f64>,
     pub handshake_errors: u64,
+    /// TLS 1.3 session tickets received per handshake.
+    pub tickets_per_handshake: Option<f64>,
     pub bulk_mb_s: Option<f64>,
     pub bulk_cpu_s_per_gb: Option<f64>,
     pub echo1: Option<Latency>,
@@ -260,7 +267,11 @@ pub async fn all(settings: &Settings, stayup: &Path, only: Option<&[String]>) ->
         };
 
     let _ = backend.kill().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    if settings.keep {
+        eprintln!("kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(Results {
         date,
         started,
@@ -344,9 +355,11 @@ async fn measure_parts(p: &Proxy, env: &Env, s: &Settings, r: &mut SystemResult)
     // 1. Full handshakes.
     let hs = HandshakeLoad::start(p.addr, &env.client, s.concurrency);
     tokio::time::sleep(s.warmup).await;
+    let tickets0 = crate::tls::TICKETS.load(Ordering::Relaxed);
     let (c0, cpu0, t0) = (hs.counts.snapshot(), p.cpu_seconds(), Instant::now());
     tokio::time::sleep(s.handshake_time).await;
     let (c1, cpu1, wall) = (hs.counts.snapshot(), p.cpu_seconds(), t0.elapsed());
+    let tickets = crate::tls::TICKETS.load(Ordering::Relaxed) - tickets0;
     hs.stop().await;
     let d = c1 - c0;
     let cpu = cpu1 - cpu0;
@@ -354,12 +367,14 @@ async fn measure_parts(p: &Proxy, env: &Env, s: &Settings, r: &mut SystemResult)
     r.handshakes_per_cpu_s = (cpu > 0.0).then(|| d.ok as f64 / cpu);
     r.handshake_cpu_share = Some(cpu / wall.as_secs_f64());
     r.handshake_errors = d.connect_errors + d.handshake_errors + d.data_errors;
+    r.tickets_per_handshake = (d.ok > 0).then(|| tickets as f64 / d.ok as f64);
     eprintln!(
-        "{name}: {:.0} handshakes/s, {:.0} per proxy CPU-second (proxy CPU {:.0}%), {} errors",
+        "{name}: {:.0} handshakes/s, {:.0} per proxy CPU-second (proxy CPU {:.0}%), {} errors, {:.2} tickets per handshake",
         r.handshakes_per_s.unwrap_or(0.0),
         r.handshakes_per_cpu_s.unwrap_or(0.0),
         100.0 * r.handshake_cpu_share.unwrap_or(0.0),
-        r.handshake_errors
+        r.handshake_errors,
+        r.tickets_per_handshake.unwrap_or(f64::NAN)
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
 

@@ -3,7 +3,8 @@
 //!
 //! Every system serves the same ECDSA P-256 leaf. The client offers exactly
 //! one cipher suite (TLS_AES_256_GCM_SHA384) and one group (X25519), TLS 1.3
-//! only, so every system negotiates the same handshake, and it never resumes.
+//! only, so every system negotiates the same handshake, and it never resumes
+//! (it counts the session tickets it is sent, and keeps none).
 //! It skips certificate and signature verification: the load generator must
 //! spend less CPU per handshake than the proxy it measures, and it is the same
 //! client for every system.
@@ -17,7 +18,11 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
 };
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustls::NamedGroup;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
@@ -165,8 +170,35 @@ pub fn client_config() -> Result<Arc<ClientConfig>> {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAnything(schemes)))
         .with_no_client_auth();
-    c.resumption = rustls::client::Resumption::disabled();
+    c.resumption = rustls::client::Resumption::store(Arc::new(TicketCounter));
     Ok(Arc::new(c))
+}
+
+/// TLS 1.3 session tickets the load generator has received, over all systems.
+pub static TICKETS: AtomicU64 = AtomicU64::new(0);
+
+/// A session store that keeps nothing, so the client never resumes, but
+/// counts the tickets servers send: it proves which systems really have
+/// tickets off.
+#[derive(Debug)]
+struct TicketCounter;
+
+impl ClientSessionStore for TicketCounter {
+    fn set_kx_hint(&self, _: ServerName<'static>, _: NamedGroup) {}
+    fn kx_hint(&self, _: &ServerName<'_>) -> Option<NamedGroup> {
+        None
+    }
+    fn set_tls12_session(&self, _: ServerName<'static>, _: Tls12ClientSessionValue) {}
+    fn tls12_session(&self, _: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        None
+    }
+    fn remove_tls12_session(&self, _: &ServerName<'static>) {}
+    fn insert_tls13_ticket(&self, _: ServerName<'static>, _: Tls13ClientSessionValue) {
+        TICKETS.fetch_add(1, Ordering::Relaxed);
+    }
+    fn take_tls13_ticket(&self, _: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
+        None
+    }
 }
 
 pub fn server_name() -> ServerName<'static> {
