@@ -138,6 +138,16 @@ pub fn render(r: &Results, s: &Settings) -> (String, String) {
     });
     row(
         w,
+        "proxy CPU busy during echo, 1 / 50 conns",
+        &|x| match (&x.echo1, &x.echo50) {
+            (Some(a), Some(b)) => {
+                format!("{:.0}% / {:.0}%", a.cpu_share * 100.0, b.cpu_share * 100.0)
+            }
+            _ => "–".into(),
+        },
+    );
+    row(
+        w,
         &format!("ΔRSS per idle connection, KiB (N = {})", s.idle_connections),
         &|x| num(x.idle_rss_kib, 1),
     );

@@ -95,6 +95,8 @@ pub struct Latency {
     pub p99_us: f64,
     pub p999_us: f64,
     pub samples: u64,
+    /// Proxy CPU time over wall time while the echoes ran.
+    pub cpu_share: f64,
 }
 
 impl Latency {
@@ -104,6 +106,7 @@ impl Latency {
             p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
             p999_us: h.value_at_quantile(0.999) as f64 / 1e3,
             samples: h.len(),
+            cpu_share: 0.0,
         }
     }
 }
@@ -404,6 +407,7 @@ async fn measure_parts(p: &Proxy, env: &Env, s: &Settings, r: &mut SystemResult)
 
     // 3. Echo latency.
     for (conns, slot) in [(1usize, &mut r.echo1), (50, &mut r.echo50)] {
+        let (cpu0, t0) = (p.cpu_seconds(), Instant::now());
         let h = load::echo_latency(
             p.addr,
             &env.client,
@@ -413,10 +417,15 @@ async fn measure_parts(p: &Proxy, env: &Env, s: &Settings, r: &mut SystemResult)
         )
         .await
         .with_context(|| format!("echo over {conns}"))?;
-        let l = Latency::of(&h);
+        let mut l = Latency::of(&h);
+        l.cpu_share = (p.cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64();
         eprintln!(
-            "{name}: echo over {conns}: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us ({} samples)",
-            l.p50_us, l.p99_us, l.p999_us, l.samples
+            "{name}: echo over {conns}: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us ({} samples), proxy CPU {:.0}%",
+            l.p50_us,
+            l.p99_us,
+            l.p999_us,
+            l.samples,
+            l.cpu_share * 100.0
         );
         *slot = Some(l);
     }
