@@ -153,17 +153,17 @@ where
     let mut a_to_b = Half::default();
     let mut b_to_a = Half::default();
     let mut last = Instant::now();
-    let timer = tokio::time::sleep(idle);
-    tokio::pin!(timer);
+    // Only connections with an idle timeout pay for a timer.
+    let mut timer = (!idle.is_zero()).then(|| Box::pin(tokio::time::sleep(idle)));
     poll_fn(|cx| {
         let ab = a_to_b.poll_copy(cx, a, b)?;
         let ba = b_to_a.poll_copy(cx, b, a)?;
         if let (Poll::Ready(up), Poll::Ready(down)) = (ab, ba) {
             return Poll::Ready(Ok((up, down)));
         }
-        if idle.is_zero() {
+        let Some(timer) = timer.as_mut() else {
             return Poll::Pending;
-        }
+        };
         if a_to_b.read_some || b_to_a.read_some {
             a_to_b.read_some = false;
             b_to_a.read_some = false;
