@@ -166,7 +166,7 @@ fn decrypt(cert: &CertFiles, run: Duration) -> Result<f64> {
 pub fn measure(cert: &CertFiles, run: Duration) -> Result<Ceiling> {
     let cert = cert.clone();
     std::thread::spawn(move || -> Result<Ceiling> {
-        crate::pin(crate::systems::PROXY_CPU.parse().unwrap_or(1))?;
+        crate::pin(crate::systems::proxy_cpu())?;
         Ok(Ceiling {
             handshakes_per_cpu_s: handshakes(&cert, false, run)?,
             handshakes_per_cpu_s_tickets: handshakes(&cert, true, run)?,

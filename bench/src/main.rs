@@ -94,6 +94,9 @@ fn real_main() -> Result<()> {
         None => build_stayup(&root)?,
     };
     raise_fd_limit();
+    if systems::choose_proxy_cpu() == 0 {
+        eprintln!("only one CPU available: proxies share CPU 0 with the load generator");
+    }
     // Everything from here on (driver, load generator, backend) runs on CPU 0;
     // the proxies are started with `taskset -c 1`.
     pin(0)?;

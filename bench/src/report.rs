@@ -84,6 +84,12 @@ pub fn render(r: &Results, s: &Settings) -> (String, String) {
         "Run {} ({mode}), {:.1} minutes. Kernel {}, {}; load average {} before, {} after.\n",
         r.started, r.minutes, r.kernel, r.cpu_model, r.load_before, r.load_after
     );
+    if r.proxy_cpu == 0 {
+        let _ = writeln!(
+            w,
+            "Only one CPU was available: the proxies shared it with the load generator and the backend.\n"
+        );
+    }
     let _ = writeln!(
         w,
         "Reproduce: `cargo run --release --manifest-path bench/Cargo.toml -- {}`\n",

@@ -148,6 +148,7 @@ pub struct SystemResult {
 
 pub struct Results {
     pub date: String,
+    pub proxy_cpu: usize,
     pub started: String,
     pub minutes: f64,
     pub load_before: String,
@@ -235,7 +236,7 @@ pub async fn all(settings: &Settings, stayup: &Path, only: Option<&[String]>) ->
     } else {
         eprintln!(
             "ceiling: rustls in memory on CPU {}",
-            crate::systems::PROXY_CPU
+            crate::systems::proxy_cpu()
         );
         match crate::ceiling::measure(&env.certs[0], settings.ceiling_time) {
             Ok(c) => Some(c),
@@ -277,6 +278,7 @@ pub async fn all(settings: &Settings, stayup: &Path, only: Option<&[String]>) ->
     }
     Ok(Results {
         date,
+        proxy_cpu: crate::systems::proxy_cpu(),
         started,
         minutes: started_at.elapsed().as_secs_f64() / 60.0,
         load_before,

@@ -20,8 +20,24 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::tls::CertFiles;
 
-/// The CPU every proxy runs on; the load generator and backend use the other.
-pub const PROXY_CPU: &str = "1";
+static PROXY_CPU: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// Chooses the CPU every proxy runs on: CPU 1 when the process may use it
+/// (the load generator and backend use CPU 0), else CPU 0 shared with them.
+/// Called once, before the driver pins itself.
+pub fn choose_proxy_cpu() -> usize {
+    *PROXY_CPU.get_or_init(|| {
+        let can_use_1 = nix::sched::sched_getaffinity(Pid::from_raw(0))
+            .map(|set| set.is_set(1).unwrap_or(false))
+            .unwrap_or(false);
+        usize::from(can_use_1)
+    })
+}
+
+/// The CPU every proxy runs on.
+pub fn proxy_cpu() -> usize {
+    PROXY_CPU.get().copied().unwrap_or(1)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -255,7 +271,7 @@ impl Proxy {
         let log = dir.join(format!("{}.log", kind.name()));
         let out = std::fs::File::create(&log)?;
         let mut cmd = Command::new("taskset");
-        cmd.arg("-c").arg(PROXY_CPU);
+        cmd.arg("-c").arg(proxy_cpu().to_string());
         let c = config.display().to_string();
         match kind {
             Kind::Stayup => cmd.arg(&env.stayup).args(["run", "--config", &c]),
