@@ -98,3 +98,25 @@ pub fn memory(root: i32) -> Memory {
     }
     m
 }
+
+/// Times the threads of the tree under `root` were preempted (involuntary
+/// context switches): on a shared machine, what puts spikes into latency tails.
+pub fn preemptions(root: i32) -> u64 {
+    let mut n = 0;
+    for pid in tree(root) {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let Ok(text) = fs::read_to_string(t.path().join("status")) else {
+                continue;
+            };
+            n += text
+                .lines()
+                .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    n
+}

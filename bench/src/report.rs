@@ -154,6 +154,14 @@ pub fn render(r: &Results, s: &Settings) -> (String, String) {
     );
     row(
         w,
+        "proxy involuntary context switches during echo, 1 / 50 conns",
+        &|x| match (&x.echo1, &x.echo50) {
+            (Some(a), Some(b)) => format!("{} / {}", a.preemptions, b.preemptions),
+            _ => "–".into(),
+        },
+    );
+    row(
+        w,
         &format!("ΔRSS per idle connection, KiB (N = {})", s.idle_connections),
         &|x| num(x.idle_rss_kib, 1),
     );

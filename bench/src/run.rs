@@ -97,6 +97,8 @@ pub struct Latency {
     pub samples: u64,
     /// Proxy CPU time over wall time while the echoes ran.
     pub cpu_share: f64,
+    /// Involuntary context switches of the proxy while the echoes ran.
+    pub preemptions: u64,
 }
 
 impl Latency {
@@ -107,6 +109,7 @@ impl Latency {
             p999_us: h.value_at_quantile(0.999) as f64 / 1e3,
             samples: h.len(),
             cpu_share: 0.0,
+            preemptions: 0,
         }
     }
 }
@@ -410,6 +413,7 @@ async fn measure_parts(p: &Proxy, env: &Env, s: &Settings, r: &mut SystemResult)
     // 3. Echo latency.
     for (conns, slot) in [(1usize, &mut r.echo1), (50, &mut r.echo50)] {
         let (cpu0, t0) = (p.cpu_seconds(), Instant::now());
+        let pre0 = crate::procfs::preemptions(p.pid);
         let h = load::echo_latency(
             p.addr,
             &env.client,
@@ -421,13 +425,15 @@ async fn measure_parts(p: &Proxy, env: &Env, s: &Settings, r: &mut SystemResult)
         .with_context(|| format!("echo over {conns}"))?;
         let mut l = Latency::of(&h);
         l.cpu_share = (p.cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64();
+        l.preemptions = crate::procfs::preemptions(p.pid).saturating_sub(pre0);
         eprintln!(
-            "{name}: echo over {conns}: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us ({} samples), proxy CPU {:.0}%",
+            "{name}: echo over {conns}: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us ({} samples), proxy CPU {:.0}%, preempted {} times",
             l.p50_us,
             l.p99_us,
             l.p999_us,
             l.samples,
-            l.cpu_share * 100.0
+            l.cpu_share * 100.0,
+            l.preemptions
         );
         *slot = Some(l);
     }
