@@ -27,7 +27,8 @@ const USAGE: &str = "usage: stayup-bench full|smoke|memory [--out FILE] [--only 
          writes bench/results/<date>.md and .svg\n\
   smoke  seconds-long version against stayup and whichever peers are installed,\n\
          writes bench/target/smoke.md\n\
-  memory only the memory-per-idle-connection part (3,000 connections), printed\n";
+  memory only the memory-per-idle-connection part (3,000 connections), printed\n\
+  --only takes system names, and `reloads` for stayup's reload figures alone\n";
 
 /// Pins the calling thread (and the threads it starts later) to one CPU.
 pub fn pin(cpu: usize) -> Result<()> {

@@ -266,12 +266,13 @@ pub async fn all(settings: &Settings, stayup: &Path, only: Option<&[String]>) ->
         systems.push(system(kind, &env, settings).await);
     }
 
-    let stayup_only =
-        if !settings.memory_only && only.is_none_or(|o| o.iter().any(|s| s == "stayup")) {
-            crate::stayup_only::run(&env, &ca, settings).await
-        } else {
-            Default::default()
-        };
+    let stayup_only = if !settings.memory_only
+        && only.is_none_or(|o| o.iter().any(|s| s == "stayup" || s == "reloads"))
+    {
+        crate::stayup_only::run(&env, &ca, settings).await
+    } else {
+        Default::default()
+    };
 
     let _ = backend.kill().await;
     if settings.keep {
