@@ -430,14 +430,11 @@ async fn handle(
 }
 
 /// Copies both ways until both sides are done (or `idle` passes with no
-/// traffic, when non-zero).
+/// traffic, when non-zero), without holding copy buffers while idle.
 async fn pipe<A, B>(a: &mut A, b: &mut B, idle: Duration) -> std::io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    if idle.is_zero() {
-        return tokio::io::copy_bidirectional(a, b).await;
-    }
     crate::pipe::copy_with_idle_timeout(a, b, idle).await
 }

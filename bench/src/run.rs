@@ -1,0 +1,516 @@
+//! The order of the run and what it records.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
+use tokio::io::AsyncBufReadExt;
+
+use crate::load::{self, HandshakeLoad, Upload};
+use crate::systems::{Env, Kind, Proxy};
+
+/// How long and how big each part is.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub smoke: bool,
+    /// Only the memory-per-idle-connection part (for profiling).
+    pub memory_only: bool,
+    /// Keep the working folder (configurations, logs) for inspection.
+    pub keep: bool,
+    pub concurrency: usize,
+    pub warmup: Duration,
+    pub handshake_time: Duration,
+    pub bulk_time: Duration,
+    pub echo_time: Duration,
+    pub idle_connections: usize,
+    pub storm_baseline: Duration,
+    pub storm_time: Duration,
+    pub storm_interval: Duration,
+    pub long_lived: usize,
+    pub rotations: usize,
+    pub live_connections: usize,
+    pub reloads_per_point: usize,
+    pub many_certificates: usize,
+    pub ceiling_time: Duration,
+}
+
+impl Settings {
+    pub fn new(smoke: bool) -> Settings {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        if smoke {
+            Settings {
+                smoke,
+                memory_only: false,
+                keep: false,
+                concurrency: 32,
+                warmup: ms(200),
+                handshake_time: ms(700),
+                bulk_time: ms(500),
+                echo_time: ms(300),
+                idle_connections: 200,
+                storm_baseline: ms(500),
+                storm_time: ms(1000),
+                storm_interval: ms(100),
+                long_lived: 50,
+                rotations: 10,
+                live_connections: 300,
+                reloads_per_point: 3,
+                many_certificates: 50,
+                ceiling_time: ms(300),
+            }
+        } else {
+            Settings {
+                smoke,
+                memory_only: false,
+                keep: false,
+                concurrency: 200,
+                warmup: s(1),
+                handshake_time: s(10),
+                bulk_time: s(5),
+                echo_time: s(5),
+                idle_connections: 3000,
+                storm_baseline: s(10),
+                storm_time: s(15),
+                storm_interval: ms(100),
+                long_lived: 500,
+                rotations: 100,
+                // Each connection costs the proxy two descriptors and the
+                // hard RLIMIT_NOFILE may be 20,000.
+                live_connections: 9_900,
+                reloads_per_point: 20,
+                many_certificates: 1000,
+                ceiling_time: s(3),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Latency {
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub samples: u64,
+    /// Proxy CPU time over wall time while the echoes ran.
+    pub cpu_share: f64,
+    /// Involuntary context switches of the proxy while the echoes ran.
+    pub preemptions: u64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Latency {
+        Latency {
+            p50_us: h.value_at_quantile(0.50) as f64 / 1e3,
+            p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
+            p999_us: h.value_at_quantile(0.999) as f64 / 1e3,
+            samples: h.len(),
+            cpu_share: 0.0,
+            preemptions: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Storm {
+    pub baseline_per_s: f64,
+    pub storm_per_s: f64,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    pub connect_errors: u64,
+    pub handshake_errors: u64,
+    pub data_errors: u64,
+    pub long_lived: usize,
+    pub alive: usize,
+    pub peak_processes: usize,
+    pub peak_rss_mib: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SystemResult {
+    pub name: &'static str,
+    pub version: String,
+    pub handshakes_per_s: Option<f64>,
+    pub handshakes_per_cpu_s: Option<f64>,
+    pub handshake_cpu_share: Option<f64>,
+    pub handshake_errors: u64,
+    /// TLS 1.3 session tickets received per handshake.
+    pub tickets_per_handshake: Option<f64>,
+    pub bulk_mb_s: Option<f64>,
+    pub bulk_cpu_s_per_gb: Option<f64>,
+    pub echo1: Option<Latency>,
+    pub echo50: Option<Latency>,
+    pub idle_rss_kib: Option<f64>,
+    pub idle_pss_kib: Option<f64>,
+    pub storm: Option<Storm>,
+    pub errors: Vec<String>,
+}
+
+pub struct Results {
+    pub date: String,
+    pub proxy_cpu: usize,
+    pub started: String,
+    pub minutes: f64,
+    pub load_before: String,
+    pub load_after: String,
+    pub kernel: String,
+    pub cpu_model: String,
+    pub systems: Vec<SystemResult>,
+    pub skipped: Vec<&'static str>,
+    pub stayup: crate::stayup_only::StayupOnly,
+    pub ceiling: Option<crate::ceiling::Ceiling>,
+    pub errors: Vec<String>,
+}
+
+impl Results {
+    /// Whether every part that ran produced its figures.
+    pub fn complete(&self) -> bool {
+        self.errors.is_empty()
+            && self.stayup.errors.is_empty()
+            && self.systems.iter().all(|s| s.errors.is_empty())
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+async fn start_backend(dir: &Path) -> Result<(tokio::process::Child, u16)> {
+    let exe = std::env::current_exe()?;
+    let mut child = tokio::process::Command::new(exe)
+        .arg("backend")
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the backend")?;
+    let stdout = child.stdout.take().context("backend stdout")?;
+    let mut line = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::BufReader::new(stdout).read_line(&mut line),
+    )
+    .await
+    .context("the backend did not start")??;
+    let port = line
+        .trim()
+        .strip_prefix("ready ")
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("backend said {line:?}"))?;
+    Ok((child, port))
+}
+
+pub async fn all(settings: &Settings, stayup: &Path, only: Option<&[String]>) -> Result<Results> {
+    let started_at = Instant::now();
+    let (date, started) = crate::report::utc_now();
+    let load_before = loadavg();
+    let dir = std::env::temp_dir().join(format!("stayup-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let certs_dir = dir.join("certs");
+    std::fs::create_dir_all(&certs_dir)?;
+    let ca = crate::tls::Ca::new()?;
+    let names = vec![crate::tls::NAME.to_string()];
+    let certs = [
+        ca.leaf(&certs_dir, "a", &names)?,
+        ca.leaf(&certs_dir, "b", &names)?,
+    ];
+    let openssl_conf = dir.join("openssl.cnf");
+    Env::write_openssl_conf(&openssl_conf)?;
+    let (mut backend, backend_port) = start_backend(&dir).await?;
+    let env = Env {
+        dir: dir.clone(),
+        stayup: stayup.to_path_buf(),
+        backend_port,
+        certs,
+        openssl_conf,
+        client: crate::tls::client_config()?,
+    };
+
+    let mut errors = Vec::new();
+    let ceiling = if settings.memory_only {
+        None
+    } else {
+        eprintln!(
+            "ceiling: rustls in memory on CPU {}",
+            crate::systems::proxy_cpu()
+        );
+        match crate::ceiling::measure(&env.certs[0], settings.ceiling_time) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                errors.push(format!("ceiling: {e:#}"));
+                None
+            }
+        }
+    };
+
+    let mut systems = Vec::new();
+    let mut skipped = Vec::new();
+    for kind in Kind::ALL {
+        if let Some(only) = only
+            && !only.iter().any(|o| o == kind.name())
+        {
+            continue;
+        }
+        if !kind.installed() {
+            eprintln!("{}: not installed, skipped", kind.name());
+            skipped.push(kind.name());
+            continue;
+        }
+        systems.push(system(kind, &env, settings).await);
+    }
+
+    let stayup_only = if !settings.memory_only
+        && only.is_none_or(|o| o.iter().any(|s| s == "stayup" || s == "reloads"))
+    {
+        crate::stayup_only::run(&env, &ca, settings).await
+    } else {
+        Default::default()
+    };
+
+    let _ = backend.kill().await;
+    if settings.keep {
+        eprintln!("kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(Results {
+        date,
+        proxy_cpu: crate::systems::proxy_cpu(),
+        started,
+        minutes: started_at.elapsed().as_secs_f64() / 60.0,
+        load_before,
+        load_after: loadavg(),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        cpu_model: std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .unwrap_or("?")
+            .trim()
+            .to_string(),
+        systems,
+        skipped,
+        stayup: stayup_only,
+        ceiling,
+        errors,
+    })
+}
+
+async fn system(kind: Kind, env: &Env, s: &Settings) -> SystemResult {
+    let mut r = SystemResult {
+        name: kind.name(),
+        version: kind.version(&env.stayup),
+        ..Default::default()
+    };
+    eprintln!("{}: {}", kind.name(), r.version);
+    if let Err(e) = throughput_parts(kind, env, s, &mut r).await {
+        r.errors.push(format!("{e:#}"));
+    }
+    if !s.memory_only {
+        match storm(kind, env, s).await {
+            Ok(st) => r.storm = Some(st),
+            Err(e) => r.errors.push(format!("reload storm: {e:#}")),
+        }
+    }
+    for e in &r.errors {
+        eprintln!("{}: FAILED {e}", kind.name());
+    }
+    r
+}
+
+async fn throughput_parts(kind: Kind, env: &Env, s: &Settings, r: &mut SystemResult) -> Result<()> {
+    let p = Proxy::start(kind, env).await?;
+    let outcome = measure_parts(&p, env, s, r).await;
+    p.stop().await;
+    outcome
+}
+
+async fn measure_parts(p: &Proxy, env: &Env, s: &Settings, r: &mut SystemResult) -> Result<()> {
+    let name = p.kind.name();
+    // 4. Memory per idle connection, on the fresh process.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = p.memory();
+    let conns = load::open_many(p.addr, &env.client, s.idle_connections, 50)
+        .await
+        .context("idle connections")?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = p.memory();
+    let n = conns.len() as f64;
+    r.idle_rss_kib = Some((after.rss_kib as f64 - before.rss_kib as f64) / n);
+    r.idle_pss_kib = Some((after.pss_kib as f64 - before.pss_kib as f64) / n);
+    eprintln!(
+        "{name}: idle {} connections: {:.1} KiB RSS, {:.1} KiB PSS each",
+        conns.len(),
+        r.idle_rss_kib.unwrap_or(0.0),
+        r.idle_pss_kib.unwrap_or(0.0)
+    );
+    conns.into_iter().for_each(load::abort);
+    if s.memory_only {
+        return Ok(());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // 1. Full handshakes.
+    let hs = HandshakeLoad::start(p.addr, &env.client, s.concurrency);
+    tokio::time::sleep(s.warmup).await;
+    let tickets0 = crate::tls::TICKETS.load(Ordering::Relaxed);
+    let (c0, cpu0, t0) = (hs.counts.snapshot(), p.cpu_seconds(), Instant::now());
+    tokio::time::sleep(s.handshake_time).await;
+    let (c1, cpu1, wall) = (hs.counts.snapshot(), p.cpu_seconds(), t0.elapsed());
+    let tickets = crate::tls::TICKETS.load(Ordering::Relaxed) - tickets0;
+    hs.stop().await;
+    let d = c1 - c0;
+    let cpu = cpu1 - cpu0;
+    r.handshakes_per_s = Some(d.ok as f64 / wall.as_secs_f64());
+    r.handshakes_per_cpu_s = (cpu > 0.0).then(|| d.ok as f64 / cpu);
+    r.handshake_cpu_share = Some(cpu / wall.as_secs_f64());
+    r.handshake_errors = d.connect_errors + d.handshake_errors + d.data_errors;
+    r.tickets_per_handshake = (d.ok > 0).then(|| tickets as f64 / d.ok as f64);
+    eprintln!(
+        "{name}: {:.0} handshakes/s, {:.0} per proxy CPU-second (proxy CPU {:.0}%), {} errors, {:.2} tickets per handshake",
+        r.handshakes_per_s.unwrap_or(0.0),
+        r.handshakes_per_cpu_s.unwrap_or(0.0),
+        100.0 * r.handshake_cpu_share.unwrap_or(0.0),
+        r.handshake_errors,
+        r.tickets_per_handshake.unwrap_or(f64::NAN)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // 2. Bulk throughput over one connection.
+    let up = Upload::start(p.addr, &env.client).await.context("bulk")?;
+    tokio::time::sleep(s.warmup).await;
+    let (b0, cpu0, t0) = (
+        crate::backend::sunk(env.backend_port).await?,
+        p.cpu_seconds(),
+        Instant::now(),
+    );
+    tokio::time::sleep(s.bulk_time).await;
+    let (b1, cpu1, wall) = (
+        crate::backend::sunk(env.backend_port).await?,
+        p.cpu_seconds(),
+        t0.elapsed(),
+    );
+    up.stop().await.context("bulk upload")?;
+    let bytes = (b1 - b0) as f64;
+    r.bulk_mb_s = Some(bytes / 1e6 / wall.as_secs_f64());
+    r.bulk_cpu_s_per_gb = (bytes > 0.0).then(|| (cpu1 - cpu0) / (bytes / 1e9));
+    eprintln!(
+        "{name}: bulk {:.0} MB/s, {:.3} proxy CPU-s per GB",
+        r.bulk_mb_s.unwrap_or(0.0),
+        r.bulk_cpu_s_per_gb.unwrap_or(0.0)
+    );
+
+    // 3. Echo latency.
+    for (conns, slot) in [(1usize, &mut r.echo1), (50, &mut r.echo50)] {
+        let (cpu0, t0) = (p.cpu_seconds(), Instant::now());
+        let pre0 = crate::procfs::preemptions(p.pid);
+        let h = load::echo_latency(
+            p.addr,
+            &env.client,
+            conns,
+            s.warmup.min(Duration::from_millis(500)),
+            s.echo_time,
+        )
+        .await
+        .with_context(|| format!("echo over {conns}"))?;
+        let mut l = Latency::of(&h);
+        l.cpu_share = (p.cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64();
+        l.preemptions = crate::procfs::preemptions(p.pid).saturating_sub(pre0);
+        eprintln!(
+            "{name}: echo over {conns}: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us ({} samples), proxy CPU {:.0}%, preempted {} times",
+            l.p50_us,
+            l.p99_us,
+            l.p999_us,
+            l.samples,
+            l.cpu_share * 100.0,
+            l.preemptions
+        );
+        *slot = Some(l);
+    }
+    Ok(())
+}
+
+/// Figure 5: a reload every `storm_interval` for `storm_time` under
+/// new-connection load, with long-lived connections open.
+async fn storm(kind: Kind, env: &Env, s: &Settings) -> Result<Storm> {
+    let mut p = Proxy::start(kind, env).await?;
+    let outcome = storm_on(&mut p, env, s).await;
+    p.stop().await;
+    outcome
+}
+
+async fn storm_on(p: &mut Proxy, env: &Env, s: &Settings) -> Result<Storm> {
+    let name = p.kind.name();
+    let mut long = load::open_many(p.addr, &env.client, s.long_lived, 50)
+        .await
+        .context("long-lived connections")?;
+    let hs = HandshakeLoad::start(p.addr, &env.client, s.concurrency);
+    tokio::time::sleep(s.warmup).await;
+    let (c0, t0) = (hs.counts.snapshot(), Instant::now());
+    tokio::time::sleep(s.storm_baseline).await;
+    let (c1, t1) = (hs.counts.snapshot(), Instant::now());
+    let mut st = Storm {
+        long_lived: long.len(),
+        baseline_per_s: (c1.ok - c0.ok) as f64 / (t1 - t0).as_secs_f64(),
+        ..Default::default()
+    };
+    let mut next_reload = Instant::now();
+    let mut first_failure = None;
+    while t1.elapsed() < s.storm_time {
+        let now = Instant::now();
+        if now >= next_reload {
+            next_reload += s.storm_interval;
+            st.reloads += 1;
+            if let Err(e) = p.reload(env).await {
+                st.reload_failures += 1;
+                first_failure.get_or_insert(format!("{e:#}"));
+            }
+        }
+        let m = p.memory();
+        st.peak_processes = st.peak_processes.max(m.processes);
+        st.peak_rss_mib = st.peak_rss_mib.max(m.rss_kib as f64 / 1024.0);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (c2, t2) = (hs.counts.snapshot(), Instant::now());
+    hs.stop().await;
+    let d = c2 - c1;
+    st.storm_per_s = d.ok as f64 / (t2 - t1).as_secs_f64();
+    st.connect_errors = d.connect_errors;
+    st.handshake_errors = d.handshake_errors;
+    st.data_errors = d.data_errors;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    st.alive = load::still_answering(&mut long, Duration::from_secs(5)).await;
+    long.into_iter().for_each(load::abort);
+    eprintln!(
+        "{name}: storm: {} reloads ({} failed), {:.0}/s vs {:.0}/s baseline, errors connect {} handshake {} data {}, {}/{} long-lived answering, peak {} processes {:.0} MiB",
+        st.reloads,
+        st.reload_failures,
+        st.storm_per_s,
+        st.baseline_per_s,
+        st.connect_errors,
+        st.handshake_errors,
+        st.data_errors,
+        st.alive,
+        st.long_lived,
+        st.peak_processes,
+        st.peak_rss_mib
+    );
+    if let Some(f) = first_failure {
+        eprintln!("{name}: first reload failure: {f}");
+    }
+    if st.reloads == 0 {
+        bail!("no reload was sent");
+    }
+    Ok(st)
+}

@@ -1,0 +1,452 @@
+//! The five systems, configured alike: one TLS 1.3 listener with an ECDSA
+//! P-256 certificate, session tickets and the session cache off, forwarding
+//! to the plaintext backend; one worker, pinned to the proxy's CPU.
+//!
+//! OpenSSL-based peers also get an `OPENSSL_CONF` with `NumTickets = 0`:
+//! with TLS 1.3, turning tickets "off" in nginx or stunnel still sends
+//! stateful tickets unless the number of tickets is zero.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rustls::ClientConfig;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::tls::CertFiles;
+
+static PROXY_CPU: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// Chooses the CPU every proxy runs on: CPU 1 when the process may use it
+/// (the load generator and backend use CPU 0), else CPU 0 shared with them.
+/// Called once, before the driver pins itself.
+pub fn choose_proxy_cpu() -> usize {
+    *PROXY_CPU.get_or_init(|| {
+        let can_use_1 = nix::sched::sched_getaffinity(Pid::from_raw(0))
+            .map(|set| set.is_set(1).unwrap_or(false))
+            .unwrap_or(false);
+        usize::from(can_use_1)
+    })
+}
+
+/// The CPU every proxy runs on.
+pub fn proxy_cpu() -> usize {
+    PROXY_CPU.get().copied().unwrap_or(1)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Stayup,
+    Nginx,
+    Haproxy,
+    Hitch,
+    Stunnel,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Stayup,
+        Kind::Nginx,
+        Kind::Haproxy,
+        Kind::Hitch,
+        Kind::Stunnel,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Stayup => "stayup",
+            Kind::Nginx => "nginx",
+            Kind::Haproxy => "haproxy",
+            Kind::Hitch => "hitch",
+            Kind::Stunnel => "stunnel",
+        }
+    }
+
+    /// Whether this machine has what the system needs to run.
+    pub fn installed(self) -> bool {
+        match self {
+            Kind::Stayup => true,
+            Kind::Nginx => {
+                on_path("nginx")
+                    && Path::new("/usr/lib/nginx/modules/ngx_stream_module.so").exists()
+            }
+            Kind::Haproxy => on_path("haproxy"),
+            Kind::Hitch => on_path("hitch"),
+            Kind::Stunnel => on_path("stunnel"),
+        }
+    }
+
+    pub fn version(self, stayup: &Path) -> String {
+        let (bin, arg): (&Path, &str) = match self {
+            Kind::Stayup => (stayup, "--version"),
+            Kind::Nginx => (Path::new("nginx"), "-v"),
+            Kind::Haproxy => (Path::new("haproxy"), "-v"),
+            Kind::Hitch => (Path::new("hitch"), "--version"),
+            Kind::Stunnel => (Path::new("stunnel"), "-version"),
+        };
+        let Ok(out) = Command::new(bin).arg(arg).stdin(Stdio::null()).output() else {
+            return "?".into();
+        };
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text.lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with("Initializing") && !l.starts_with("[ ]"))
+            .unwrap_or("?")
+            .to_string()
+    }
+}
+
+pub fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+        .unwrap_or(false)
+}
+
+/// What every system shares.
+pub struct Env {
+    pub dir: PathBuf,
+    pub stayup: PathBuf,
+    pub backend_port: u16,
+    /// Two certificates for the same name; reloads alternate between them.
+    pub certs: [CertFiles; 2],
+    pub openssl_conf: PathBuf,
+    pub client: Arc<ClientConfig>,
+}
+
+impl Env {
+    pub fn write_openssl_conf(path: &Path) -> Result<()> {
+        std::fs::write(
+            path,
+            "openssl_conf = openssl_init\n\
+             [openssl_init]\nssl_conf = ssl_sect\n\
+             [ssl_sect]\nsystem_default = system_default_sect\n\
+             [system_default_sect]\nMinProtocol = TLSv1.3\nNumTickets = 0\n",
+        )?;
+        Ok(())
+    }
+}
+
+/// The stayup configuration for one listener serving `certs` (the first is
+/// the default).
+pub fn stayup_yaml(port: u16, backend: u16, certs: &[&CertFiles], watch: bool) -> String {
+    let mut y = format!(
+        "listeners:\n  - name: bench\n    bind: \"127.0.0.1:{port}\"\n    backend: \"127.0.0.1:{backend}\"\n    tls:\n      certificates:\n"
+    );
+    for c in certs {
+        y.push_str(&format!(
+            "        - cert: {}\n          key: {}\n",
+            c.cert.display(),
+            c.key.display()
+        ));
+    }
+    y.push_str(&format!(
+        "control:\n  socket: stayup.sock\nreload:\n  watch: {watch}\n  debounce: {}ms\n  poll: 0s\nshutdown:\n  timeout: 1s\nlog:\n  level: warn\n",
+        DEBOUNCE.as_millis()
+    ));
+    y
+}
+
+/// The debounce stayup runs with, for the automatic reload-to-effect target.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+
+fn config_text(kind: Kind, dir: &Path, port: u16, backend: u16, c: &CertFiles) -> String {
+    let d = dir.display();
+    match kind {
+        Kind::Stayup => stayup_yaml(port, backend, &[c], false),
+        Kind::Nginx => format!(
+            "daemon off;\nmaster_process on;\nworker_processes 1;\nworker_rlimit_nofile 20000;\n\
+             pid {d}/nginx.pid;\nerror_log stderr warn;\n\
+             load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
+             events {{ worker_connections 19000; }}\n\
+             stream {{\n  server {{\n    listen 127.0.0.1:{port} ssl backlog=1024;\n\
+             ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.3;\n\
+             ssl_session_cache off;\n    ssl_session_tickets off;\n\
+             proxy_pass 127.0.0.1:{backend};\n    proxy_timeout 1h;\n  }}\n}}\n",
+            c.cert.display(),
+            c.key.display()
+        ),
+        Kind::Haproxy => format!(
+            "global\n  nbthread 1\n  maxconn 9000\n  tune.ssl.cachesize 0\n\
+             ssl-default-bind-options ssl-min-ver TLSv1.3 no-tls-tickets\n\
+             defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\
+             frontend bench\n  bind 127.0.0.1:{port} ssl crt {}\n  default_backend be\n\
+             backend be\n  server s1 127.0.0.1:{backend}\n",
+            c.combined.display()
+        ),
+        Kind::Hitch => format!(
+            "frontend = \"[127.0.0.1]:{port}\"\nbackend = \"[127.0.0.1]:{backend}\"\n\
+             pem-file = \"{}\"\ntls-protos = TLSv1.3\nworkers = 1\ndaemon = off\n\
+             backlog = 1024\nuser = \"nobody\"\ngroup = \"nogroup\"\nocsp-dir = \"{d}\"\nsni-nomatch-abort = off\n",
+            c.combined.display()
+        ),
+        Kind::Stunnel => format!(
+            "foreground = yes\npid = {d}/stunnel.pid\ndebug = 3\nsyslog = no\n\
+             socket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n\
+             [bench]\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{backend}\n\
+             cert = {}\nkey = {}\nsslVersionMin = TLSv1.3\noptions = NO_TICKET\n",
+            c.cert.display(),
+            c.key.display()
+        ),
+    }
+}
+
+/// Writes `text` to `path` by renaming a new file into place.
+pub fn publish(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename", path.display()))?;
+    Ok(())
+}
+
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A running proxy.
+pub struct Proxy {
+    pub kind: Kind,
+    pub pid: i32,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    child: Child,
+    which: usize,
+    port: u16,
+    backend: u16,
+    log: PathBuf,
+}
+
+impl Proxy {
+    /// Starts `kind` with the first certificate and waits until it serves.
+    pub async fn start(kind: Kind, env: &Env) -> Result<Proxy> {
+        let dir = env.dir.join(kind.name());
+        std::fs::create_dir_all(&dir)?;
+        let port = free_port()?;
+        let config = dir.join(match kind {
+            Kind::Stayup => "stayup.yaml",
+            Kind::Nginx => "nginx.conf",
+            Kind::Haproxy => "haproxy.cfg",
+            Kind::Hitch => "hitch.conf",
+            Kind::Stunnel => "stunnel.conf",
+        });
+        publish(
+            &config,
+            &config_text(kind, &dir, port, env.backend_port, &env.certs[0]),
+        )?;
+        Self::spawn(kind, env, dir, config, port).await
+    }
+
+    /// Starts stayup with a configuration of the caller's.
+    pub async fn start_stayup(
+        env: &Env,
+        name: &str,
+        yaml: impl Fn(u16) -> String,
+    ) -> Result<Proxy> {
+        let dir = env.dir.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let port = free_port()?;
+        let config = dir.join("stayup.yaml");
+        publish(&config, &yaml(port))?;
+        Self::spawn(Kind::Stayup, env, dir, config, port).await
+    }
+
+    async fn spawn(
+        kind: Kind,
+        env: &Env,
+        dir: PathBuf,
+        config: PathBuf,
+        port: u16,
+    ) -> Result<Proxy> {
+        let log = dir.join(format!("{}.log", kind.name()));
+        let out = std::fs::File::create(&log)?;
+        let mut cmd = Command::new("taskset");
+        cmd.arg("-c").arg(proxy_cpu().to_string());
+        let c = config.display().to_string();
+        match kind {
+            Kind::Stayup => cmd.arg(&env.stayup).args(["run", "--config", &c]),
+            Kind::Nginx => cmd
+                .args(["nginx", "-e", "stderr", "-c", &c, "-p"])
+                .arg(&dir),
+            Kind::Haproxy => cmd.args(["haproxy", "-W", "-db", "-f", &c]),
+            Kind::Hitch => cmd.args(["hitch", "--config", &c]),
+            Kind::Stunnel => cmd.args(["stunnel", &c]),
+        };
+        if kind != Kind::Stayup {
+            cmd.env("OPENSSL_CONF", &env.openssl_conf);
+        }
+        cmd.current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", kind.name()))?;
+        let mut p = Proxy {
+            kind,
+            pid: child.id() as i32,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+            config,
+            child,
+            which: 0,
+            port,
+            backend: env.backend_port,
+            log,
+        };
+        p.wait_ready(&env.client).await?;
+        Ok(p)
+    }
+
+    /// Waits until a full connection (handshake and echo) goes through.
+    async fn wait_ready(&mut self, cfg: &Arc<ClientConfig>) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!(
+                    "{} exited ({status}) before serving:\n{}",
+                    self.kind.name(),
+                    self.log_tail()
+                );
+            }
+            if let Ok(c) = crate::load::open(self.addr, cfg, b'E').await {
+                crate::load::abort(c);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not serve within 20 s:\n{}",
+                    self.kind.name(),
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    pub fn cpu_seconds(&self) -> f64 {
+        crate::procfs::cpu_seconds(self.pid)
+    }
+
+    pub fn memory(&self) -> crate::procfs::Memory {
+        crate::procfs::memory(self.pid)
+    }
+
+    /// Switches to the other certificate and reloads the way the system
+    /// documents: stayup over its control socket (answering the outcome),
+    /// nginx SIGHUP, HAProxy (master-worker) SIGUSR2, hitch SIGHUP,
+    /// stunnel SIGHUP.
+    pub async fn reload(&mut self, env: &Env) -> Result<()> {
+        self.which ^= 1;
+        let text = config_text(
+            self.kind,
+            &self.dir,
+            self.port,
+            self.backend,
+            &env.certs[self.which],
+        );
+        publish(&self.config, &text)?;
+        match self.kind {
+            Kind::Stayup => {
+                let answer = self.control_reload().await?;
+                if answer.result != "committed" {
+                    bail!("stayup reload: {}", answer.raw);
+                }
+                Ok(())
+            }
+            Kind::Haproxy => self.signal(Signal::SIGUSR2),
+            _ => self.signal(Signal::SIGHUP),
+        }
+    }
+
+    pub fn signal(&self, s: Signal) -> Result<()> {
+        kill(Pid::from_raw(self.pid), s)
+            .with_context(|| format!("signal {} to {}", s, self.kind.name()))
+    }
+
+    /// Switches stayup to the other certificate; milliseconds from the
+    /// request on the control socket to its answer.
+    pub async fn reload_timed(&mut self, env: &Env) -> Result<f64> {
+        self.which ^= 1;
+        let text = config_text(
+            self.kind,
+            &self.dir,
+            self.port,
+            self.backend,
+            &env.certs[self.which],
+        );
+        publish(&self.config, &text)?;
+        let t = Instant::now();
+        let answer = self.control_reload().await?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        if answer.result != "committed" {
+            bail!("stayup reload: {}", answer.raw);
+        }
+        Ok(ms)
+    }
+
+    pub async fn control_reload(&self) -> Result<ControlAnswer> {
+        control_reload(&self.dir.join("stayup.sock")).await
+    }
+
+    /// SIGTERM, then SIGKILL for anything of the tree still there after 10 s.
+    pub async fn stop(mut self) {
+        let tree = crate::procfs::tree(self.pid);
+        let _ = kill(Pid::from_raw(self.pid), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for pid in tree {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if ["stayup", "nginx", "haproxy", "hitch", "stunnel"]
+                .iter()
+                .any(|n| comm.trim() == *n)
+            {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+pub struct ControlAnswer {
+    pub result: String,
+    pub raw: String,
+}
+
+/// Asks stayup to reload over its control socket and waits for the outcome.
+pub async fn control_reload(socket: &Path) -> Result<ControlAnswer> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .with_context(|| format!("{}: cannot connect", socket.display()))?;
+    let (r, mut w) = stream.into_split();
+    w.write_all(b"{\"command\":\"reload\"}\n").await?;
+    let mut line = String::new();
+    BufReader::new(r).read_line(&mut line).await?;
+    let v: serde_json::Value = serde_json::from_str(&line).context("control answer")?;
+    Ok(ControlAnswer {
+        result: v["result"].as_str().unwrap_or("").to_string(),
+        raw: line.trim().to_string(),
+    })
+}
