@@ -53,6 +53,8 @@ pub async fn open(
     msg[0] = mode;
     let round = async {
         tls.write_all(&msg).await?;
+        // tokio-rustls may keep records in rustls until flushed.
+        tls.flush().await?;
         let mut back = [0u8; MESSAGE];
         tls.read_exact(&mut back).await?;
         if back != msg {
@@ -228,6 +230,7 @@ pub async fn echo_latency(
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
                     c.write_all(&msg).await?;
+                    c.flush().await?;
                     c.read_exact(&mut back).await?;
                     if recording.load(Ordering::Relaxed) {
                         h.saturating_record(t.elapsed().as_nanos() as u64);
@@ -287,6 +290,7 @@ pub async fn still_answering(conns: &mut [Conn], wait: Duration) -> usize {
     let rounds = conns.iter_mut().map(|c| async move {
         let round = async {
             c.write_all(&msg).await?;
+            c.flush().await?;
             let mut back = [0u8; MESSAGE];
             c.read_exact(&mut back).await?;
             Ok::<_, std::io::Error>(back == msg)

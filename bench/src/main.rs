@@ -28,6 +28,7 @@ const USAGE: &str = "usage: stayup-bench full|smoke|memory [--out FILE] [--only 
   smoke  seconds-long version against stayup and whichever peers are installed,\n\
          writes bench/target/smoke.md\n\
   memory only the memory-per-idle-connection part (3,000 connections), printed\n\
+  storm  only the reload storm (full settings)\n\
   --only takes system names, and `reloads` for stayup's reload figures alone\n";
 
 /// Pins the calling thread (and the threads it starts later) to one CPU.
@@ -58,10 +59,11 @@ fn real_main() -> Result<()> {
             .build()?
             .block_on(backend::run());
     }
-    let (smoke, memory_only) = match mode.as_str() {
-        "full" => (false, false),
-        "smoke" => (true, false),
-        "memory" => (false, true),
+    let (smoke, memory_only, storm_only) = match mode.as_str() {
+        "full" => (false, false, false),
+        "smoke" => (true, false, false),
+        "memory" => (false, true, false),
+        "storm" => (false, false, true),
         _ => bail!("{USAGE}"),
     };
     let mut out: Option<PathBuf> = None;
@@ -103,6 +105,7 @@ fn real_main() -> Result<()> {
     pin(0)?;
     let mut settings = run::Settings::new(smoke);
     settings.memory_only = memory_only;
+    settings.storm_only = storm_only;
     settings.keep = settings_keep;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

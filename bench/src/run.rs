@@ -18,6 +18,8 @@ pub struct Settings {
     pub smoke: bool,
     /// Only the memory-per-idle-connection part (for profiling).
     pub memory_only: bool,
+    /// Only the reload storm.
+    pub storm_only: bool,
     /// Keep the working folder (configurations, logs) for inspection.
     pub keep: bool,
     pub concurrency: usize,
@@ -45,6 +47,7 @@ impl Settings {
             Settings {
                 smoke,
                 memory_only: false,
+                storm_only: false,
                 keep: false,
                 concurrency: 32,
                 warmup: ms(200),
@@ -66,6 +69,7 @@ impl Settings {
             Settings {
                 smoke,
                 memory_only: false,
+                storm_only: false,
                 keep: false,
                 concurrency: 200,
                 warmup: s(1),
@@ -234,7 +238,7 @@ pub async fn all(settings: &Settings, stayup: &Path, only: Option<&[String]>) ->
     };
 
     let mut errors = Vec::new();
-    let ceiling = if settings.memory_only {
+    let ceiling = if settings.memory_only || settings.storm_only {
         None
     } else {
         eprintln!(
@@ -267,6 +271,7 @@ pub async fn all(settings: &Settings, stayup: &Path, only: Option<&[String]>) ->
     }
 
     let stayup_only = if !settings.memory_only
+        && !settings.storm_only
         && only.is_none_or(|o| o.iter().any(|s| s == "stayup" || s == "reloads"))
     {
         crate::stayup_only::run(&env, &ca, settings).await
@@ -314,7 +319,9 @@ async fn system(kind: Kind, env: &Env, s: &Settings) -> SystemResult {
         ..Default::default()
     };
     eprintln!("{}: {}", kind.name(), r.version);
-    if let Err(e) = throughput_parts(kind, env, s, &mut r).await {
+    if !s.storm_only
+        && let Err(e) = throughput_parts(kind, env, s, &mut r).await
+    {
         r.errors.push(format!("{e:#}"));
     }
     if !s.memory_only {
