@@ -424,24 +424,7 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .env_remove("RUST_LOG");
-        let mut child = cmd.spawn().expect("spawn wrapped stayup");
-        let stderr = child.stderr.take().expect("stderr");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if std::env::var_os("STAYUP_TEST_ECHO").is_some() {
-                    eprintln!("[stayup] {line}");
-                }
-                sink.lock().expect("lines").push(line);
-            }
-        });
-        Daemon {
-            child,
-            lines,
-            cursor: 0,
-        }
+        Self::spawn_command(cmd)
     }
 
     pub fn pid(&self) -> i32 {
