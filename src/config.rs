@@ -236,6 +236,11 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
     /// A client that has not finished its handshake after this long is dropped.
     pub handshake_timeout: Duration,
+    /// Whether clients may resume sessions (TLS 1.3 tickets, TLS 1.2 session
+    /// IDs and tickets). Off, every connection does a full handshake and the
+    /// server sends no tickets: for policies that want no resumption state,
+    /// and for like-for-like comparisons with servers configured that way.
+    pub session_resumption: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -346,6 +351,8 @@ struct RawTls {
     client_ca: Option<Spanned<String>>,
     #[serde(default)]
     handshake_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    session_resumption: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -632,6 +639,7 @@ impl Config {
                     certificates,
                     client_ca,
                     handshake_timeout,
+                    session_resumption: l.tls.session_resumption.unwrap_or(true),
                 },
                 max_connections: l.max_connections.unwrap_or(0),
             });

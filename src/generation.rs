@@ -288,25 +288,32 @@ impl Generation {
                 None => builder.with_no_client_auth(),
             };
             let mut tls = builder.with_cert_resolver(Arc::new(SniResolver::new(&m.certs)));
-            // Resumption survives reloads, but never across listeners or a
-            // change of client CA (see `resumption`).
-            let ca_digest = l.tls.client_ca.as_ref().map(|p| {
-                identity
-                    .files
-                    .iter()
-                    .find(|f| &f.path == p)
-                    .map(|f| f.sha256)
-                    .unwrap_or_default()
-            });
-            let scope = crate::resumption::scope(&l.name, ca_digest.as_ref());
-            tls.session_storage = Arc::new(crate::resumption::ScopedSessions::new(
-                shared.session_cache.clone(),
-                scope,
-            ));
-            tls.ticketer = Arc::new(crate::resumption::ScopedTickets::new(
-                shared.ticketer.clone(),
-                scope,
-            ));
+            if l.tls.session_resumption {
+                // Resumption survives reloads, but never across listeners or a
+                // change of client CA (see `resumption`).
+                let ca_digest = l.tls.client_ca.as_ref().map(|p| {
+                    identity
+                        .files
+                        .iter()
+                        .find(|f| &f.path == p)
+                        .map(|f| f.sha256)
+                        .unwrap_or_default()
+                });
+                let scope = crate::resumption::scope(&l.name, ca_digest.as_ref());
+                tls.session_storage = Arc::new(crate::resumption::ScopedSessions::new(
+                    shared.session_cache.clone(),
+                    scope,
+                ));
+                tls.ticketer = Arc::new(crate::resumption::ScopedTickets::new(
+                    shared.ticketer.clone(),
+                    scope,
+                ));
+            } else {
+                // The builder's ticketer never produces tickets; with no
+                // session storage and no TLS 1.3 tickets sent, nothing can resume.
+                tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+                tls.send_tls13_tickets = 0;
+            }
             certificates.extend(m.certs.iter().map(|c| c.info.clone()));
             by_bind.insert(l.bind, i);
             listeners.push(ListenerRuntime {

@@ -283,6 +283,7 @@ pub fn diff(old: &Generation, new: &Generation) -> Vec<Change> {
                 }
                 if o.max_connections != n.max_connections
                     || o.tls.handshake_timeout != n.tls.handshake_timeout
+                    || o.tls.session_resumption != n.tls.session_resumption
                 {
                     out.push(ch("listener-settings-changed", &n.name, None, None));
                 }

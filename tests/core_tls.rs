@@ -1,7 +1,8 @@
 //! TLS behaviour through the real daemon: certificate selection by SNI,
 //! client-certificate authentication, and session resumption across a
 //! reload for TLS 1.3 and TLS 1.2 (but never into a listener, or past a
-//! client CA change, whose client authentication the session did not pass).
+//! client CA change, whose client authentication the session did not pass,
+//! and not at all where `tls.session_resumption` is off).
 
 mod common;
 use common::*;
@@ -268,6 +269,72 @@ async fn tls13_session_resumes_across_a_reload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls12_session_resumes_across_a_reload() {
     resumes_across_a_reload(&rustls::version::TLS12).await;
+}
+
+/// Connects, reads the backend's tag (which also takes in any tickets sent
+/// after the handshake) and says how the handshake went.
+async fn handshake_kind(bind: SocketAddr, client: Arc<rustls::ClientConfig>) -> HandshakeKind {
+    let mut s = tokio::time::timeout(WAIT, connect(bind, "localhost", client))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    assert_eq!(read_tag(&mut s).await, "one");
+    s.get_ref().1.handshake_kind().expect("handshake done")
+}
+
+async fn resumption_turned_off_and_on(version: &'static SupportedProtocolVersion) {
+    let site = Site::new();
+    let one = EchoBackend::tagged("one").await;
+    site.cert("a", &["localhost"]);
+    let bind = free_addr();
+    let on = simple_config(bind, one.addr, "a");
+    let off = on.replace("    tls:\n", "    tls:\n      session_resumption: false\n");
+    assert_ne!(on, off);
+    site.publish(&on);
+    let mut d = Daemon::start(&site.config).await;
+    let client = resuming_client(&site, version);
+    assert_eq!(
+        handshake_kind(bind, client.clone()).await,
+        HandshakeKind::Full
+    );
+
+    // Turned off by a reload: the session the client holds is not honoured,
+    // and no new one is handed out.
+    site.publish(&off);
+    let line = d.reload().await;
+    assert!(line.contains("reload committed generation=2"), "{line}");
+    assert!(line.contains("listener-settings-changed"), "{line}");
+    for attempt in 0..3 {
+        assert_eq!(
+            handshake_kind(bind, client.clone()).await,
+            HandshakeKind::Full,
+            "{:?}: resumed with resumption off (attempt {attempt})",
+            version.version
+        );
+    }
+
+    // Turned on again: the next handshake hands out a session (or, for TLS
+    // 1.2, may resume the one from before, still in the shared cache), and
+    // the one after it resumes.
+    site.publish(&on);
+    let line = d.reload().await;
+    assert!(line.contains("reload committed generation=3"), "{line}");
+    handshake_kind(bind, client.clone()).await;
+    assert_eq!(
+        handshake_kind(bind, client.clone()).await,
+        HandshakeKind::Resumed
+    );
+    assert!(d.stop().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls13_resumption_can_be_turned_off_by_a_reload() {
+    resumption_turned_off_and_on(&rustls::version::TLS13).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls12_resumption_can_be_turned_off_by_a_reload() {
+    resumption_turned_off_and_on(&rustls::version::TLS12).await;
 }
 
 /// A client with its own resumption store, presenting `auth`.

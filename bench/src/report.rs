@@ -296,7 +296,7 @@ pub fn render(r: &Results, s: &Settings) -> (String, String) {
         };
         let _ = writeln!(
             w,
-            "- Handshakes per proxy CPU-second as a share of the in-memory ceiling: {} ({} of the ceiling with stayup's two tickets; wanted ≥ 70%): {}.",
+            "- Handshakes per proxy CPU-second as a share of the in-memory ceiling: {} ({} of the ceiling with rustls's default two tickets; wanted ≥ 70%): {}.",
             pct(share),
             pct(share_tickets),
             share
@@ -421,7 +421,7 @@ pub fn render(r: &Results, s: &Settings) -> (String, String) {
         );
         let _ = writeln!(
             w,
-            "| server handshakes per CPU-second, 2 TLS 1.3 tickets (stayup's setting) | {:.0} |",
+            "| server handshakes per CPU-second, 2 TLS 1.3 tickets (rustls's default) | {:.0} |",
             c.handshakes_per_cpu_s_tickets
         );
         let _ = writeln!(
@@ -450,11 +450,10 @@ fn method(s: &Settings) -> String {
 - One machine, one run. Every proxy runs one worker pinned to CPU 1 (`taskset -c 1`, masters included); \
 the load generator (Rust, tokio + rustls, single-threaded) and the plaintext backend (a separate process) run on CPU 0.\n\
 - Equal configuration: TLS 1.3 only, one ECDSA P-256 certificate (the same file), TLS_AES_256_GCM_SHA384 and X25519 \
-(the only suite and group the client offers), session cache and tickets off; nginx, HAProxy, hitch and stunnel run \
-with an `OPENSSL_CONF` setting `NumTickets = 0` and `MinProtocol = TLSv1.3`. The client never resumes and does not \
-verify certificates or signatures (so that it spends less CPU per handshake than the proxies). \
-stayup cannot be told to stop issuing session tickets: it sends rustls's default two TLS 1.3 tickets per handshake, \
-which costs it CPU the peers do not spend (the ceiling table shows how much).\n\
+(the only suite and group the client offers), session cache and tickets off (stayup: `tls.session_resumption: false`; \
+nginx, HAProxy, hitch and stunnel: their own settings and an `OPENSSL_CONF` setting `NumTickets = 0` and \
+`MinProtocol = TLSv1.3`); the tickets row of the table counts what each really sent. The client never resumes and \
+does not verify certificates or signatures (so that it spends less CPU per handshake than the proxies).\n\
 - Handshakes: {c} concurrent loops of connect, full handshake, one 64-byte echo through the backend, close \
 (the backend closes first; the client resets, so no TIME_WAIT piles up), {hs:?} after a {wu:?} warm-up. \
 Proxy CPU is utime + stime (+ reaped children) of every process in the proxy's tree, from /proc.\n\

@@ -139,7 +139,7 @@ impl Env {
 /// the default).
 pub fn stayup_yaml(port: u16, backend: u16, certs: &[&CertFiles], watch: bool) -> String {
     let mut y = format!(
-        "listeners:\n  - name: bench\n    bind: \"127.0.0.1:{port}\"\n    backend: \"127.0.0.1:{backend}\"\n    tls:\n      certificates:\n"
+        "listeners:\n  - name: bench\n    bind: \"127.0.0.1:{port}\"\n    backend: \"127.0.0.1:{backend}\"\n    tls:\n      session_resumption: false\n      certificates:\n"
     );
     for c in certs {
         y.push_str(&format!(
