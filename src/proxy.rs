@@ -77,6 +77,10 @@ impl Counters {
     /// The counters of the listener called `name`.
     pub fn listener(&self, name: &str) -> Arc<ListenerCounters> {
         let mut map = self.per_listener.lock().unwrap_or_else(|p| p.into_inner());
+        // Called for every connection: allocate the key only the first time.
+        if let Some(c) = map.get(name) {
+            return c.clone();
+        }
         map.entry(name.to_string()).or_default().clone()
     }
 
@@ -284,7 +288,8 @@ fn take_slot(counter: &AtomicUsize, max: usize) -> Option<Slot<'_>> {
 /// which clients report as an error of the network rather than a refusal.
 /// The unread input is drained for a short, bounded time: short because a
 /// refusal happens under overload, when holding descriptors for refused
-/// clients is the last thing the process needs.
+/// clients is the last thing the process needs. Callers box it: its read
+/// buffer would otherwise be part of every connection's task.
 async fn close_gently(mut tcp: TcpStream) {
     use tokio::io::AsyncReadExt;
     let _ = tcp.shutdown().await;
@@ -317,7 +322,7 @@ async fn serve(
             .refused_over_limit
             .fetch_add(1, Ordering::Relaxed);
         tracing::debug!(listener = %listener.name, %peer, "connection refused: limits.max_connections reached");
-        close_gently(tcp).await;
+        Box::pin(close_gently(tcp)).await;
         return;
     };
     let Some(_own) = take_slot(&listener.open, listener.max_connections) else {
@@ -326,7 +331,7 @@ async fn serve(
             .fetch_add(1, Ordering::Relaxed);
         tracing::debug!(listener = %listener.name, %peer, "connection refused: max_connections reached");
         drop(_total);
-        close_gently(tcp).await;
+        Box::pin(close_gently(tcp)).await;
         return;
     };
     let _guard = generation.track();
@@ -354,10 +359,13 @@ async fn handle(
     peer: SocketAddr,
 ) {
     let own = ctx.counters.listener(&listener.name);
-    let mut tls = match tokio::time::timeout(
+    // The handshake and the backend connect are boxed: a future's size is
+    // that of its largest state, and these transient ones would otherwise
+    // make every connection's task reserve room for them for its whole life.
+    let mut tls = match Box::pin(tokio::time::timeout(
         listener.handshake_timeout,
         tokio_rustls::TlsAcceptor::from(listener.tls.clone()).accept(tcp),
-    )
+    ))
     .await
     {
         Ok(Ok(tls)) => tls,
@@ -382,10 +390,10 @@ async fn handle(
     own.handshakes_ok.fetch_add(1, Ordering::Relaxed);
     let backend = &listener.backend;
     let connect = TcpStream::connect((backend.host.as_str(), backend.port));
-    let mut upstream = match tokio::time::timeout(
+    let mut upstream = match Box::pin(tokio::time::timeout(
         generation.config.limits.backend_connect_timeout,
         connect,
-    )
+    ))
     .await
     {
         Ok(Ok(s)) => s,

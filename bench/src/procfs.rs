@@ -120,3 +120,39 @@ pub fn preemptions(root: i32) -> u64 {
     }
     n
 }
+
+/// Moves every thread of the tree under `root` that may run anywhere but
+/// `cpu` back onto `cpu` alone, and says how many it moved. hitch pins its
+/// worker to a CPU of its own choosing (CPU 0, the load generator's, for the
+/// first worker), overriding `taskset`, and does so again for the worker each
+/// reload starts; left there it shares a CPU with its clients, which makes
+/// every figure of its incomparable with the others'.
+pub fn pin_tree(root: i32, cpu: usize) -> usize {
+    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+    use nix::unistd::Pid;
+    let mut want = CpuSet::new();
+    if want.set(cpu).is_err() {
+        return 0;
+    }
+    let mut moved = 0;
+    for pid in tree(root) {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let tid = Pid::from_raw(tid);
+            let Ok(now) = sched_getaffinity(tid) else {
+                continue;
+            };
+            let elsewhere =
+                (0..CpuSet::count()).any(|c| c != cpu && now.is_set(c).unwrap_or(false));
+            if elsewhere && sched_setaffinity(tid, &want).is_ok() {
+                moved += 1;
+            }
+        }
+    }
+    moved
+}

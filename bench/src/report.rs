@@ -447,7 +447,9 @@ pub fn render(r: &Results, s: &Settings) -> (String, String) {
 fn method(s: &Settings) -> String {
     format!(
         "## Method\n\n\
-- One machine, one run. Every proxy runs one worker pinned to CPU 1 (`taskset -c 1`, masters included); \
+- One machine, one run. Every proxy runs one worker pinned to CPU 1 (`taskset -c 1`, masters included; \
+hitch pins its worker to CPU 0 itself, so the harness moves every thread of every proxy back to CPU 1 once it serves \
+and after every reload); \
 the load generator (Rust, tokio + rustls, single-threaded) and the plaintext backend (a separate process) run on CPU 0.\n\
 - Equal configuration: TLS 1.3 only, one ECDSA P-256 certificate (the same file), TLS_AES_256_GCM_SHA384 and X25519 \
 (the only suite and group the client offers), session cache and tickets off (stayup: `tls.session_resumption: false`; \
@@ -458,7 +460,9 @@ does not verify certificates or signatures (so that it spends less CPU per hands
 (the backend closes first; the client resets, so no TIME_WAIT piles up), {hs:?} after a {wu:?} warm-up. \
 Proxy CPU is utime + stime (+ reaped children) of every process in the proxy's tree, from /proc.\n\
 - Bulk: one connection uploading 64 KiB writes into a sink for {bulk:?}; MB/s counted at the backend.\n\
-- Echo: 64-byte round trips, closed loop, over 1 and over 50 persistent connections, {echo:?} each, HdrHistogram.\n\
+- Echo: 64-byte round trips, closed loop, over 1 and over 50 persistent connections, HdrHistogram; {rounds} round(s) \
+of {echo:?} each, and the round with the median p99 is the one reported (its p50, p99 and p99.9), so that one burst of \
+other work on a shared machine does not decide a tail.\n\
 - Memory: a fresh proxy process, {idle} connections opened (handshake plus one echo each), then idle for 1 s; \
 ΔRSS and ΔPSS summed over the proxy's processes from /proc/PID/smaps_rollup, divided by {idle}.\n\
 - Reload storm: a fresh proxy, {ll} long-lived connections, new-connection load as above; {base:?} without reloads \
@@ -474,6 +478,7 @@ answers when the reload has ended.\n\
         wu = s.warmup,
         bulk = s.bulk_time,
         echo = s.echo_time,
+        rounds = s.echo_rounds,
         idle = s.idle_connections,
         ll = s.long_lived,
         base = s.storm_baseline,

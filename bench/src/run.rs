@@ -27,6 +27,10 @@ pub struct Settings {
     pub handshake_time: Duration,
     pub bulk_time: Duration,
     pub echo_time: Duration,
+    /// Echo rounds per connection count; the round with the median p99 is
+    /// reported, so one burst of other work on a shared machine does not
+    /// decide a tail latency.
+    pub echo_rounds: usize,
     pub idle_connections: usize,
     pub storm_baseline: Duration,
     pub storm_time: Duration,
@@ -54,6 +58,7 @@ impl Settings {
                 handshake_time: ms(700),
                 bulk_time: ms(500),
                 echo_time: ms(300),
+                echo_rounds: 1,
                 idle_connections: 200,
                 storm_baseline: ms(500),
                 storm_time: ms(1000),
@@ -76,6 +81,7 @@ impl Settings {
                 handshake_time: s(10),
                 bulk_time: s(5),
                 echo_time: s(5),
+                echo_rounds: 3,
                 idle_connections: 3000,
                 storm_baseline: s(10),
                 storm_time: s(15),
@@ -420,30 +426,35 @@ async fn measure_parts(p: &Proxy, env: &Env, s: &Settings, r: &mut SystemResult)
 
     // 3. Echo latency.
     for (conns, slot) in [(1usize, &mut r.echo1), (50, &mut r.echo50)] {
-        let (cpu0, t0) = (p.cpu_seconds(), Instant::now());
-        let pre0 = crate::procfs::preemptions(p.pid);
-        let h = load::echo_latency(
-            p.addr,
-            &env.client,
-            conns,
-            s.warmup.min(Duration::from_millis(500)),
-            s.echo_time,
-        )
-        .await
-        .with_context(|| format!("echo over {conns}"))?;
-        let mut l = Latency::of(&h);
-        l.cpu_share = (p.cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64();
-        l.preemptions = crate::procfs::preemptions(p.pid).saturating_sub(pre0);
-        eprintln!(
-            "{name}: echo over {conns}: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us ({} samples), proxy CPU {:.0}%, preempted {} times",
-            l.p50_us,
-            l.p99_us,
-            l.p999_us,
-            l.samples,
-            l.cpu_share * 100.0,
-            l.preemptions
-        );
-        *slot = Some(l);
+        let mut rounds = Vec::new();
+        for round in 1..=s.echo_rounds.max(1) {
+            let (cpu0, t0) = (p.cpu_seconds(), Instant::now());
+            let pre0 = crate::procfs::preemptions(p.pid);
+            let h = load::echo_latency(
+                p.addr,
+                &env.client,
+                conns,
+                s.warmup.min(Duration::from_millis(500)),
+                s.echo_time,
+            )
+            .await
+            .with_context(|| format!("echo over {conns}"))?;
+            let mut l = Latency::of(&h);
+            l.cpu_share = (p.cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64();
+            l.preemptions = crate::procfs::preemptions(p.pid).saturating_sub(pre0);
+            eprintln!(
+                "{name}: echo over {conns}, round {round}: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us ({} samples), proxy CPU {:.0}%, preempted {} times",
+                l.p50_us,
+                l.p99_us,
+                l.p999_us,
+                l.samples,
+                l.cpu_share * 100.0,
+                l.preemptions
+            );
+            rounds.push(l);
+        }
+        rounds.sort_by(|a, b| a.p99_us.total_cmp(&b.p99_us));
+        *slot = Some(rounds.swap_remove(rounds.len() / 2));
     }
     Ok(())
 }
@@ -484,6 +495,7 @@ async fn storm_on(p: &mut Proxy, env: &Env, s: &Settings) -> Result<Storm> {
                 first_failure.get_or_insert(format!("{e:#}"));
             }
         }
+        p.keep_pinned();
         let m = p.memory();
         st.peak_processes = st.peak_processes.max(m.processes);
         st.peak_rss_mib = st.peak_rss_mib.max(m.rss_kib as f64 / 1024.0);

@@ -225,6 +225,8 @@ pub struct Proxy {
     port: u16,
     backend: u16,
     log: PathBuf,
+    /// Threads moved back to the proxy CPU so far.
+    pub repinned: usize,
 }
 
 impl Proxy {
@@ -303,9 +305,25 @@ impl Proxy {
             port,
             backend: env.backend_port,
             log,
+            repinned: 0,
         };
         p.wait_ready(&env.client).await?;
+        p.keep_pinned();
         Ok(p)
+    }
+
+    /// Moves any thread of the proxy that has left the proxy CPU back onto
+    /// it (see `procfs::pin_tree`); reports the first move of each system.
+    pub fn keep_pinned(&mut self) {
+        let moved = crate::procfs::pin_tree(self.pid, proxy_cpu());
+        if moved > 0 && self.repinned == 0 {
+            eprintln!(
+                "{}: moved {moved} thread(s) that had pinned themselves elsewhere back to CPU {}",
+                self.kind.name(),
+                proxy_cpu()
+            );
+        }
+        self.repinned += moved;
     }
 
     /// Waits until a full connection (handshake and echo) goes through.
@@ -353,6 +371,8 @@ impl Proxy {
     /// nginx SIGHUP, HAProxy (master-worker) SIGUSR2, hitch SIGHUP,
     /// stunnel SIGHUP.
     pub async fn reload(&mut self, env: &Env) -> Result<()> {
+        // The worker the previous reload started has had time to pin itself.
+        self.keep_pinned();
         self.which ^= 1;
         let text = config_text(
             self.kind,
