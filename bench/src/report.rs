@@ -194,6 +194,18 @@ pub fn render(r: &Results, s: &Settings) -> (String, String) {
             format!("{:.0}%", 100.0 * s.storm_per_s / s.baseline_per_s.max(1e-9))
         })
     });
+    row(
+        w,
+        "storm: handshakes per proxy CPU-second vs own baseline",
+        &|x| {
+            st(x, &|s| {
+                format!(
+                    "{:.0}%",
+                    100.0 * s.storm_per_cpu_s / s.baseline_per_cpu_s.max(1e-9)
+                )
+            })
+        },
+    );
     row(w, "storm: peak processes / peak RSS MiB", &|x| {
         st(x, &|s| {
             format!("{} / {:.0}", s.peak_processes, s.peak_rss_mib)
@@ -314,13 +326,15 @@ pub fn render(r: &Results, s: &Settings) -> (String, String) {
     if let Some(st) = stayup.and_then(|x| x.storm.as_ref()) {
         let errors = st.connect_errors + st.handshake_errors + st.data_errors + st.reload_failures;
         let share = st.storm_per_s / st.baseline_per_s.max(1e-9);
+        let per_cpu = st.storm_per_cpu_s / st.baseline_per_cpu_s.max(1e-9);
         let ok = errors == 0 && st.alive == st.long_lived && share >= 0.95;
         let _ = writeln!(
             w,
-            "- Reload storm: {errors} errors, {}/{} long-lived connections answering, {:.0}% of baseline (wanted: 0, all, ≥ 95%): {}.",
+            "- Reload storm: {errors} errors, {}/{} long-lived connections answering, {:.1}% of baseline handshakes/s ({:.1}% per proxy CPU-second) (wanted: 0, all, ≥ 95%): {}.",
             st.alive,
             st.long_lived,
             share * 100.0,
+            per_cpu * 100.0,
             if ok { "met" } else { "**missed**" }
         );
     }
@@ -465,8 +479,10 @@ of {echo:?} each, and the round with the median p99 is the one reported (its p50
 other work on a shared machine does not decide a tail.\n\
 - Memory: a fresh proxy process, {idle} connections opened (handshake plus one echo each), then idle for 1 s; \
 ΔRSS and ΔPSS summed over the proxy's processes from /proc/PID/smaps_rollup, divided by {idle}.\n\
-- Reload storm: a fresh proxy, {ll} long-lived connections, new-connection load as above; {base:?} without reloads \
-(the baseline), then a reload every {iv:?} for {storm:?}, alternating between two certificates. stayup reloads over \
+- Reload storm: a fresh proxy, {ll} long-lived connections, new-connection load as above; a reload every {iv:?} \
+for {storm:?}, alternating between two certificates, with the baseline (no reloads) measured for {base:?} in two \
+halves, one before the storm and one after it (so that a drift in the machine's other work cancels out), and the \
+rate compared both per second and per proxy CPU-second. stayup reloads over \
 its control socket and waits for the outcome; nginx and hitch and stunnel get SIGHUP, HAProxy (master-worker) SIGUSR2. \
 Afterwards every long-lived connection must still echo.\n\
 - stayup only: reload-to-effect is the time from the trigger to the end of the first handshake that presents the \
