@@ -3,7 +3,7 @@
 //! client and the same backend.
 //!
 //! ```text
-//! cargo run --release --manifest-path bench/Cargo.toml -- full    # about 15 minutes
+//! cargo run --release --manifest-path bench/Cargo.toml -- full    # about 7 minutes
 //! cargo run --release --manifest-path bench/Cargo.toml -- smoke   # seconds, for CI
 //! ```
 
@@ -23,7 +23,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 const USAGE: &str = "usage: stayup-bench full|smoke|memory [--out FILE] [--only SYSTEM,...] [--stayup BINARY] [--keep]\n\
-  full   installs the peers from Debian if missing, runs everything (about 15 minutes),\n\
+  full   installs the peers from Debian if missing, runs everything (about 7 minutes),\n\
          writes bench/results/<date>.md and .svg\n\
   smoke  seconds-long version against stayup and whichever peers are installed,\n\
          writes bench/target/smoke.md\n\
