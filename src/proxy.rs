@@ -446,3 +446,59 @@ where
 {
     crate::pipe::copy_with_idle_timeout(a, b, idle).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generation::{Shared, Trigger};
+    use crate::pki::{Ca, LeafSpec};
+
+    /// Every open connection is one spawned `serve` future, and a future is
+    /// as large as its largest state for its whole life. A buffer or a timer
+    /// held inline across an await (the refusal drain's 4 KiB buffer did
+    /// this once) would add to every idle connection; the transient states
+    /// are boxed so that this stays near the TLS stream's own size.
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new("size test CA").expect("CA");
+        let leaf = ca.leaf(&LeafSpec::server(&["localhost"])).expect("leaf");
+        leaf.write(&dir.path().join("c.pem"), &dir.path().join("c.key"))
+            .expect("write pair");
+        let config = dir.path().join("stayup.yaml");
+        std::fs::write(
+            &config,
+            "listeners:\n  - name: web\n    bind: \"127.0.0.1:9\"\n    backend: \"127.0.0.1:9\"\n    \
+             tls:\n      certificates:\n        - cert: c.pem\n          key: c.key\n",
+        )
+        .expect("write config");
+        let shared = Shared::new().expect("shared");
+        let c = crate::reloader::load_candidate(&config, &shared, std::time::SystemTime::now())
+            .expect("valid configuration");
+        let generation = Arc::new(
+            Generation::build(
+                1,
+                c.config,
+                c.material,
+                c.identity,
+                Trigger::Startup,
+                &shared,
+            )
+            .expect("build"),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (_client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (tcp, peer) = accepted.expect("accept");
+
+        let task = serve(ProxyContext::new(), generation, tcp, peer, addr);
+        let size = std::mem::size_of_val(&task);
+        assert!(
+            size <= 2560,
+            "a connection's task is {size} bytes; something large is held across an await"
+        );
+    }
+}
