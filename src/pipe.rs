@@ -41,9 +41,18 @@ struct Half {
     /// Bytes read since the caller last looked.
     read_some: bool,
     amt: u64,
+    /// `amt` as last passed to the progress callback.
+    reported: u64,
 }
 
 impl Half {
+    /// Bytes written since the last call.
+    fn unreported(&mut self) -> u64 {
+        let new = self.amt - self.reported;
+        self.reported = self.amt;
+        new
+    }
+
     fn write_all_or_spill<W: AsyncWrite + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
@@ -156,10 +165,15 @@ impl Half {
 /// have. Returns the bytes copied from `a` to `b` and from `b` to `a`. With
 /// a non-zero `idle`, gives up with `ErrorKind::TimedOut` once neither side
 /// has sent a byte for `idle`.
+///
+/// `progress` is told the bytes written each way as they go (never zero
+/// both), so counters of long-lived connections move while they stream
+/// rather than when they end, which may be days later.
 pub async fn copy_with_idle_timeout<A, B>(
     a: &mut A,
     b: &mut B,
     idle: Duration,
+    mut progress: impl FnMut(u64, u64),
 ) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -171,10 +185,20 @@ where
     // Only connections with an idle timeout pay for a timer.
     let mut timer = (!idle.is_zero()).then(|| Box::pin(tokio::time::sleep(idle)));
     poll_fn(|cx| {
-        let ab = a_to_b.poll_copy(cx, a, b)?;
-        let ba = b_to_a.poll_copy(cx, b, a)?;
-        if let (Poll::Ready(up), Poll::Ready(down)) = (ab, ba) {
-            return Poll::Ready(Ok((up, down)));
+        let copied = (|| -> Poll<io::Result<(u64, u64)>> {
+            let ab = a_to_b.poll_copy(cx, a, b)?;
+            let ba = b_to_a.poll_copy(cx, b, a)?;
+            match (ab, ba) {
+                (Poll::Ready(up), Poll::Ready(down)) => Poll::Ready(Ok((up, down))),
+                _ => Poll::Pending,
+            }
+        })();
+        let (up, down) = (a_to_b.unreported(), b_to_a.unreported());
+        if up != 0 || down != 0 {
+            progress(up, down);
+        }
+        if copied.is_ready() {
+            return copied;
         }
         let Some(timer) = timer.as_mut() else {
             return Poll::Pending;
@@ -220,7 +244,10 @@ mod tests {
     ) {
         let (client, mut a) = pair().await;
         let (mut b, server) = pair().await;
-        let copy = tokio::spawn(async move { copy_with_idle_timeout(&mut a, &mut b, idle).await });
+        let copy =
+            tokio::spawn(
+                async move { copy_with_idle_timeout(&mut a, &mut b, idle, |_, _| {}).await },
+            );
         (client, server, copy)
     }
 

@@ -416,17 +416,18 @@ async fn handle(
     };
     let _ = upstream.set_nodelay(true);
     let idle = generation.config.limits.idle_timeout;
-    match pipe(&mut tls, &mut upstream, idle).await {
-        Ok((up, down)) => {
-            ctx.counters
-                .bytes_from_clients
-                .fetch_add(up, Ordering::Relaxed);
-            ctx.counters
-                .bytes_to_clients
-                .fetch_add(down, Ordering::Relaxed);
-            own.bytes_from_clients.fetch_add(up, Ordering::Relaxed);
-            own.bytes_to_clients.fetch_add(down, Ordering::Relaxed);
-        }
+    let count = |up: u64, down: u64| {
+        ctx.counters
+            .bytes_from_clients
+            .fetch_add(up, Ordering::Relaxed);
+        ctx.counters
+            .bytes_to_clients
+            .fetch_add(down, Ordering::Relaxed);
+        own.bytes_from_clients.fetch_add(up, Ordering::Relaxed);
+        own.bytes_to_clients.fetch_add(down, Ordering::Relaxed);
+    };
+    match pipe(&mut tls, &mut upstream, idle, count).await {
+        Ok(_) => {}
         Err(e) => {
             tracing::debug!(listener = %listener.name, %peer, error = %e, "connection ended with an error");
             // Idle timeout or a failed side: end the TLS session properly
@@ -439,12 +440,17 @@ async fn handle(
 
 /// Copies both ways until both sides are done (or `idle` passes with no
 /// traffic, when non-zero), without holding copy buffers while idle.
-async fn pipe<A, B>(a: &mut A, b: &mut B, idle: Duration) -> std::io::Result<(u64, u64)>
+async fn pipe<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Duration,
+    progress: impl FnMut(u64, u64),
+) -> std::io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    crate::pipe::copy_with_idle_timeout(a, b, idle).await
+    crate::pipe::copy_with_idle_timeout(a, b, idle, progress).await
 }
 
 #[cfg(test)]

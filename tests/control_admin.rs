@@ -79,7 +79,7 @@ async fn metrics_follow_committed_and_rejected_reloads() {
     echo_round_trip(&mut c, b"0123456789").await;
     c.shutdown().await.expect("shutdown");
     drop(c);
-    let held = connect(bind, "localhost", site.client())
+    let mut held = connect(bind, "localhost", site.client())
         .await
         .expect("connect");
     let m = wait_metric(
@@ -109,6 +109,20 @@ async fn metrics_follow_committed_and_rejected_reloads() {
         Some(10.0)
     );
     wait_metric(admin, "stayup_connections_active", |v| v == 1.0).await;
+    // Bytes are counted while a connection streams, not only once it ends.
+    echo_round_trip(&mut held, b"still open, twenty-six b").await;
+    wait_metric(
+        admin,
+        "stayup_bytes_total{listener=\"web\",direction=\"from_client\"}",
+        |v| v == 34.0,
+    )
+    .await;
+    wait_metric(
+        admin,
+        "stayup_bytes_total{listener=\"web\",direction=\"to_client\"}",
+        |v| v == 34.0,
+    )
+    .await;
 
     // A committed reload.
     site.publish(&config(bind, backend.addr, "b", admin));

@@ -25,8 +25,14 @@ pub fn install_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released).
+/// A free loopback port for a listener (see [`free_addr`]).
 pub fn free_port() -> u16 {
+    free_addr().port()
+}
+
+/// A port the kernel hands out from its ephemeral range: free now, but any
+/// outgoing connection may take it before it is bound again.
+fn ephemeral_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -619,7 +625,7 @@ pub fn free_addr() -> SocketAddr {
             }
         }
     }
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
+    SocketAddr::from(([127, 0, 0, 1], ephemeral_port()))
 }
 
 impl Daemon {
