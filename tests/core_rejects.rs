@@ -47,6 +47,28 @@ impl Live {
         simple_config(self.bind, self.backend.addr, name)
     }
 
+    /// A new certificate for `localhost` from the site's CA.
+    fn leaf(&self) -> Pem {
+        self.site
+            .ca
+            .leaf(&LeafSpec::server(&["localhost"]))
+            .expect("leaf")
+    }
+
+    /// Writes `certs/<name>.pem` and `.key` with the given contents, and
+    /// returns their paths and a configuration serving them.
+    fn pair(
+        &self,
+        name: &str,
+        cert: impl AsRef<[u8]>,
+        key: impl AsRef<[u8]>,
+    ) -> ([PathBuf; 2], String) {
+        (
+            write_pair(&self.site, name, cert, key),
+            self.config_with(name),
+        )
+    }
+
     /// Publishes `yaml`, sends SIGHUP and checks everything a rejection
     /// promises. Returns the reason.
     async fn expect_rejected(&mut self, yaml: &str, class: &str, names: &[&Path]) -> String {
@@ -114,18 +136,9 @@ fn write_pair(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_not_matching_its_certificate() {
     let mut l = live().await;
-    let a = l
-        .site
-        .ca
-        .leaf(&LeafSpec::server(&["localhost"]))
-        .expect("leaf");
-    let b = l
-        .site
-        .ca
-        .leaf(&LeafSpec::server(&["localhost"]))
-        .expect("leaf");
-    let [cert, key] = write_pair(&l.site, "mismatch", &a.cert, &b.key);
-    let yaml = l.config_with("mismatch");
+    let a = l.leaf();
+    let b = l.leaf();
+    let ([cert, key], yaml) = l.pair("mismatch", &a.cert, &b.key);
     let reason = l
         .expect_rejected(&yaml, "key-mismatch", &[&key, &cert])
         .await;
@@ -136,19 +149,13 @@ async fn key_not_matching_its_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_files() {
     let mut l = live().await;
-    let p = l
-        .site
-        .ca
-        .leaf(&LeafSpec::server(&["localhost"]))
-        .expect("leaf");
+    let p = l.leaf();
 
-    let [cert, _] = write_pair(&l.site, "empty-cert", "", &p.key);
-    let yaml = l.config_with("empty-cert");
+    let ([cert, _], yaml) = l.pair("empty-cert", "", &p.key);
     let reason = l.expect_rejected(&yaml, "file-empty", &[&cert]).await;
     assert!(reason.contains("empty"), "{reason}");
 
-    let [_, key] = write_pair(&l.site, "empty-key", &p.cert, "\n  \n");
-    let yaml = l.config_with("empty-key");
+    let ([_, key], yaml) = l.pair("empty-key", &p.cert, "\n  \n");
     l.expect_rejected(&yaml, "file-empty", &[&key]).await;
     l.finish().await;
 }
@@ -156,15 +163,10 @@ async fn empty_files() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_pem() {
     let mut l = live().await;
-    let p = l
-        .site
-        .ca
-        .leaf(&LeafSpec::server(&["localhost"]))
-        .expect("leaf");
+    let p = l.leaf();
 
     let half = &p.cert[..p.cert.len() / 2];
-    let [cert, _] = write_pair(&l.site, "short-cert", half, &p.key);
-    let yaml = l.config_with("short-cert");
+    let ([cert, _], yaml) = l.pair("short-cert", half, &p.key);
     let reason = l.expect_rejected(&yaml, "not-pem", &[&cert]).await;
     assert!(reason.contains("truncated"), "{reason}");
 
@@ -174,20 +176,17 @@ async fn truncated_pem() {
         p.cert,
         &l.site.ca.pem.cert[..l.site.ca.pem.cert.len() / 2]
     );
-    let [cert, _] = write_pair(&l.site, "short-chain", chain, &p.key);
-    let yaml = l.config_with("short-chain");
+    let ([cert, _], yaml) = l.pair("short-chain", chain, &p.key);
     let reason = l.expect_rejected(&yaml, "not-pem", &[&cert]).await;
     assert!(reason.contains("truncated"), "{reason}");
 
     let half = &p.key[..p.key.len() / 2];
-    let [_, key] = write_pair(&l.site, "short-key", &p.cert, half);
-    let yaml = l.config_with("short-key");
+    let ([_, key], yaml) = l.pair("short-key", &p.cert, half);
     l.expect_rejected(&yaml, "not-pem", &[&key]).await;
 
     // A complete key followed by a cut-off block: the file was cut short.
     let cut = format!("{}{}", p.key, half);
-    let [_, key] = write_pair(&l.site, "cut-key", &p.cert, cut);
-    let yaml = l.config_with("cut-key");
+    let ([_, key], yaml) = l.pair("cut-key", &p.cert, cut);
     let reason = l.expect_rejected(&yaml, "not-pem", &[&key]).await;
     assert!(reason.contains("truncated"), "{reason}");
     l.finish().await;
@@ -196,31 +195,23 @@ async fn truncated_pem() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_pem() {
     let mut l = live().await;
-    let p = l
-        .site
-        .ca
-        .leaf(&LeafSpec::server(&["localhost"]))
-        .expect("leaf");
+    let p = l.leaf();
 
     // The certificate as binary DER.
-    let [cert, _] = write_pair(&l.site, "der-cert", &p.der, &p.key);
-    let yaml = l.config_with("der-cert");
+    let ([cert, _], yaml) = l.pair("der-cert", &p.der, &p.key);
     let reason = l.expect_rejected(&yaml, "not-pem", &[&cert]).await;
     assert!(reason.contains("DER"), "{reason}");
 
     // Plain text.
-    let [cert, _] = write_pair(&l.site, "text-cert", "this is not a certificate\n", &p.key);
-    let yaml = l.config_with("text-cert");
+    let ([cert, _], yaml) = l.pair("text-cert", "this is not a certificate\n", &p.key);
     l.expect_rejected(&yaml, "not-pem", &[&cert]).await;
 
     // Certificate and key swapped.
-    let [cert, _] = write_pair(&l.site, "swapped", &p.key, &p.cert);
-    let yaml = l.config_with("swapped");
+    let ([cert, _], yaml) = l.pair("swapped", &p.key, &p.cert);
     let reason = l.expect_rejected(&yaml, "not-pem", &[&cert]).await;
     assert!(reason.contains("swapped"), "{reason}");
 
-    let [_, key] = write_pair(&l.site, "text-key", &p.cert, "hello\n");
-    let yaml = l.config_with("text-key");
+    let ([_, key], yaml) = l.pair("text-key", &p.cert, "hello\n");
     l.expect_rejected(&yaml, "not-pem", &[&key]).await;
     l.finish().await;
 }
@@ -228,11 +219,7 @@ async fn not_pem() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encrypted_key() {
     let mut l = live().await;
-    let p = l
-        .site
-        .ca
-        .leaf(&LeafSpec::server(&["localhost"]))
-        .expect("leaf");
+    let p = l.leaf();
 
     // What `openssl pkcs8 -topk8 -v2 aes-256-cbc` writes.
     let plain = write_key(&l.site, "certs/plain.key", &p.key);
@@ -259,8 +246,7 @@ async fn encrypted_key() {
         encrypted.contains("BEGIN ENCRYPTED PRIVATE KEY"),
         "{encrypted}"
     );
-    let [_, key] = write_pair(&l.site, "encrypted", &p.cert, &encrypted);
-    let yaml = l.config_with("encrypted");
+    let ([_, key], yaml) = l.pair("encrypted", &p.cert, &encrypted);
     let reason = l.expect_rejected(&yaml, "encrypted-key", &[&key]).await;
     assert!(reason.contains("encrypted"), "{reason}");
 
@@ -269,8 +255,7 @@ async fn encrypted_key() {
         "-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,00112233445566778899AABBCCDDEEFF\n\n{}-----END EC PRIVATE KEY-----\n",
         "MHcCAQEEIB3zZ3tJ2m7vE1bq8n1QYQm3x6W5E2mG7Q0b9kD7v9uYoAoGCCqGSM49\n"
     );
-    let [_, key] = write_pair(&l.site, "legacy", &p.cert, legacy);
-    let yaml = l.config_with("legacy");
+    let ([_, key], yaml) = l.pair("legacy", &p.cert, legacy);
     l.expect_rejected(&yaml, "encrypted-key", &[&key]).await;
     l.finish().await;
 }
@@ -313,14 +298,9 @@ async fn certificate_not_yet_valid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_with_the_issuer_first() {
     let mut l = live().await;
-    let p = l
-        .site
-        .ca
-        .leaf(&LeafSpec::server(&["localhost"]))
-        .expect("leaf");
+    let p = l.leaf();
     let chain = format!("{}{}", l.site.ca.pem.cert, p.cert);
-    let [cert, _] = write_pair(&l.site, "reversed", chain, &p.key);
-    let yaml = l.config_with("reversed");
+    let ([cert, _], yaml) = l.pair("reversed", chain, &p.key);
     let reason = l.expect_rejected(&yaml, "chain-order", &[&cert]).await;
     assert!(reason.contains("leaf must come first"), "{reason}");
     l.finish().await;
