@@ -178,8 +178,13 @@ async fn demo(interval: u64, port: u16) -> Result<(), String> {
         "  openssl s_client -connect {local} -servername localhost -CAfile {} -quiet",
         folder.path("ca.pem").display()
     );
+    // Started with `cargo run`, `stayup` is not on the PATH: name the binary
+    // that is running, so the command can be pasted as it is.
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "stayup".to_string());
     println!("In another terminal, watch the daemon:");
-    println!("  stayup status --config {}", config.display());
+    println!("  {exe} status --config {}", config.display());
     println!();
     println!(
         "Every {interval} s a new certificate is published (new files, then a new stayup.yaml renamed into place)."

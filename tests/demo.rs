@@ -37,8 +37,8 @@ async fn demo_rotates_under_an_open_session_and_cleans_up() {
             .unwrap_or_else(|_| panic!("demo printed no {what}"))
     };
 
-    let (mut folder, mut proxy, mut ca) = (None, None, None);
-    while proxy.is_none() || ca.is_none() || folder.is_none() {
+    let (mut folder, mut proxy, mut ca, mut status) = (None, None, None, None);
+    while proxy.is_none() || ca.is_none() || folder.is_none() || status.is_none() {
         let line = next("address");
         if let Some(f) = field(&line, "folder:") {
             folder = Some(std::path::PathBuf::from(f));
@@ -52,6 +52,13 @@ async fn demo_rotates_under_an_open_session_and_cleans_up() {
                 .skip_while(|w| *w != "-CAfile")
                 .nth(1)
                 .map(str::to_string);
+        }
+        if line.contains(" status --config ") {
+            status = Some(
+                line.split_whitespace()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>(),
+            );
         }
     }
     let folder = folder.expect("folder");
@@ -67,6 +74,17 @@ async fn demo_rotates_under_an_open_session_and_cleans_up() {
     assert!(greeting.contains("echo backend"), "{greeting}");
     let streamer = Streamer::start(session);
     streamer.advance(8 * 1024).await;
+
+    // The status command as printed runs as it is (not only where `stayup`
+    // is on the PATH) and reaches the demo's daemon.
+    let status = status.expect("status command");
+    let out = Command::new(&status[0])
+        .args(&status[1..])
+        .output()
+        .expect("run the printed status command");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{status:?}: {printed}");
+    assert!(printed.contains("generation"), "{printed}");
 
     // Two rotations, each a committed generation with a new certificate.
     let mut seen = Vec::new();
