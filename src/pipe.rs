@@ -160,6 +160,25 @@ impl Half {
     }
 }
 
+/// The error `copy_with_idle_timeout` ends with when `idle` passed with no
+/// traffic, told apart from a socket's own timeout by `is_idle_timeout`.
+#[derive(Debug)]
+struct IdleTimeout;
+
+impl std::fmt::Display for IdleTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("idle timeout")
+    }
+}
+
+impl std::error::Error for IdleTimeout {}
+
+/// Whether the copy ended because neither side sent anything for `idle`
+/// (rather than because a side failed).
+pub fn is_idle_timeout(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<IdleTimeout>())
+}
+
 /// Copies both ways like `copy_bidirectional`: when one side ends, the
 /// other side's writer is shut down, and the copy ends when both directions
 /// have. Returns the bytes copied from `a` to `b` and from `b` to `a`. With
@@ -211,7 +230,7 @@ where
         while timer.as_mut().poll(cx).is_ready() {
             let deadline = last + idle;
             if deadline <= Instant::now() {
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")));
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, IdleTimeout)));
             }
             timer.as_mut().reset(deadline);
         }

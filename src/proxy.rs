@@ -428,12 +428,21 @@ async fn handle(
     };
     match pipe(&mut tls, &mut upstream, idle, count).await {
         Ok(_) => {}
-        Err(e) => {
-            tracing::debug!(listener = %listener.name, %peer, error = %e, "connection ended with an error");
-            // Idle timeout or a failed side: end the TLS session properly
+        Err(e) if crate::pipe::is_idle_timeout(&e) => {
+            tracing::debug!(listener = %listener.name, %peer, "connection closed: idle timeout");
+            // stayup's own decision: end the TLS session properly
             // (close_notify) so the client sees a clean close, but never
             // wait long for a client that does not read.
             let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+        }
+        Err(e) => {
+            // A side failed (a reset, a broken pipe). No close_notify: if the
+            // client's side failed there is nobody to send it to, and if the
+            // backend's did, the stream was cut short and a close_notify
+            // would tell the client it ended complete; closing without one
+            // lets the client tell a truncated stream from a finished one
+            // (HAProxy and nginx do the same).
+            tracing::debug!(listener = %listener.name, %peer, error = %e, "connection ended with an error");
         }
     }
 }

@@ -110,6 +110,51 @@ async fn backend_closing_mid_stream_ends_only_that_connection_cleanly() {
     assert!(d.stop().await.success());
 }
 
+/// A backend that aborts: it sends `reply`, waits for the word to go, and
+/// resets the connection (SO_LINGER 0), as a backend that crashes does.
+async fn resetting_backend(reply: &'static [u8]) -> (SocketAddr, tokio::sync::mpsc::Sender<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (go, mut gone) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::spawn(async move {
+        if let Ok((mut s, _)) = l.accept().await {
+            let _ = s.write_all(reply).await;
+            let _ = gone.recv().await;
+            let _ = s.set_zero_linger();
+        }
+    });
+    (addr, go)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_reset_reaches_the_client_as_a_truncation_not_a_clean_close() {
+    let site = Site::new();
+    let (backend, go) = resetting_backend(b"half a resp").await;
+    site.cert("a", &["localhost"]);
+    let bind = addr();
+    site.publish(&format!(
+        "listeners:\n{}reload:\n  watch: false\n",
+        listener_yaml("web", bind, backend, &["a"]),
+    ));
+    let d = Daemon::start(&site.config).await;
+    let mut s = tokio::time::timeout(WAIT, connect(bind, "localhost", site.client()))
+        .await
+        .expect("connect timed out")
+        .expect("handshake");
+    let mut got = [0u8; 11];
+    tokio::time::timeout(WAIT, s.read_exact(&mut got))
+        .await
+        .expect("the backend's bytes never came")
+        .expect("read");
+    assert_eq!(&got, b"half a resp");
+    go.send(()).await.expect("backend gone");
+    // A close_notify here would tell the client the response was complete.
+    let end = read_to_close(&mut s).await;
+    let e = end.expect_err("a reset backend was passed on as a clean close (close_notify)");
+    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+    assert!(d.stop().await.success());
+}
+
 /// A client CA bundle of a few MB makes a reload take long enough for a
 /// second SIGHUP to arrive while it runs.
 fn big_ca_bundle(site: &Site) {

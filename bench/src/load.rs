@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use rustls::ClientConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -49,28 +49,49 @@ pub async fn open(
         Ok(Ok(t)) => t,
         _ => return Err(Failure::Handshake),
     };
-    let mut msg = [b'x'; MESSAGE];
-    msg[0] = mode;
-    let round = async {
-        tls.write_all(&msg).await?;
-        // tokio-rustls may keep records in rustls until flushed.
-        tls.flush().await?;
-        let mut back = [0u8; MESSAGE];
-        tls.read_exact(&mut back).await?;
-        if back != msg {
-            return Err(std::io::Error::other("echo mismatch"));
-        }
-        Ok::<_, std::io::Error>(())
-    };
-    match tokio::time::timeout(OP_TIMEOUT, round).await {
+    match tokio::time::timeout(OP_TIMEOUT, echo_once(&mut tls, mode)).await {
         Ok(Ok(())) => Ok(tls),
         _ => Err(Failure::Data),
     }
 }
 
+/// TCP connect and one 64-byte message, no TLS: the same connection as
+/// `open` for a proxy forwarding plain TCP (the floor of the handshake test).
+pub async fn open_plain(addr: SocketAddr, mode: u8) -> std::result::Result<TcpStream, Failure> {
+    let mut tcp = match tokio::time::timeout(OP_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(t)) => t,
+        _ => return Err(Failure::Connect),
+    };
+    let _ = tcp.set_nodelay(true);
+    match tokio::time::timeout(OP_TIMEOUT, echo_once(&mut tcp, mode)).await {
+        Ok(Ok(())) => Ok(tcp),
+        _ => Err(Failure::Data),
+    }
+}
+
+/// One 64-byte message with `mode` as its first byte, and its echo.
+async fn echo_once<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, mode: u8) -> std::io::Result<()> {
+    let mut msg = [b'x'; MESSAGE];
+    msg[0] = mode;
+    s.write_all(&msg).await?;
+    // tokio-rustls may keep records in rustls until flushed.
+    s.flush().await?;
+    let mut back = [0u8; MESSAGE];
+    s.read_exact(&mut back).await?;
+    if back != msg {
+        return Err(std::io::Error::other("echo mismatch"));
+    }
+    Ok(())
+}
+
 /// Closes without leaving a TIME_WAIT socket on the client's side.
 pub fn abort(conn: Conn) {
     let (tcp, _) = conn.into_inner();
+    abort_plain(tcp);
+}
+
+/// `abort` for a connection without TLS.
+pub fn abort_plain(tcp: TcpStream) {
     let _ = tcp.set_zero_linger();
 }
 
@@ -114,7 +135,7 @@ impl std::ops::Sub for CountSnapshot {
 }
 
 /// New-connection load: `concurrency` loops of open (mode `O`) and abort,
-/// until `stop` is set.
+/// until `stop` is set; without TLS when `cfg` is `None`.
 pub struct HandshakeLoad {
     pub counts: Arc<Counts>,
     stop: Arc<AtomicBool>,
@@ -122,18 +143,25 @@ pub struct HandshakeLoad {
 }
 
 impl HandshakeLoad {
-    pub fn start(addr: SocketAddr, cfg: &Arc<ClientConfig>, concurrency: usize) -> HandshakeLoad {
+    pub fn start(
+        addr: SocketAddr,
+        cfg: Option<&Arc<ClientConfig>>,
+        concurrency: usize,
+    ) -> HandshakeLoad {
         let counts = Arc::new(Counts::default());
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = (0..concurrency)
             .map(|_| {
-                let (counts, stop, cfg) = (counts.clone(), stop.clone(), cfg.clone());
+                let (counts, stop, cfg) = (counts.clone(), stop.clone(), cfg.cloned());
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
-                        match open(addr, &cfg, b'O').await {
-                            Ok(c) => {
+                        let outcome = match &cfg {
+                            Some(cfg) => open(addr, cfg, b'O').await.map(abort),
+                            None => open_plain(addr, b'O').await.map(abort_plain),
+                        };
+                        match outcome {
+                            Ok(()) => {
                                 counts.ok.fetch_add(1, Ordering::Relaxed);
-                                abort(c);
                             }
                             Err(f) => {
                                 let c = match f {

@@ -22,13 +22,16 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-const USAGE: &str = "usage: stayup-bench full|smoke|memory [--out FILE] [--only SYSTEM,...] [--stayup BINARY] [--keep]\n\
+use crate::run::Part;
+
+const USAGE: &str = "usage: stayup-bench full|smoke|memory|handshakes|storm [--out FILE] [--only SYSTEM,...] [--stayup BINARY] [--keep]\n\
   full   installs the peers from Debian if missing, runs everything (about 7 minutes),\n\
          writes bench/results/<date>.md and .svg\n\
   smoke  seconds-long version against stayup and whichever peers are installed,\n\
          writes bench/target/smoke.md\n\
   memory only the memory-per-idle-connection part (3,000 connections), printed\n\
-  storm  only the reload storm (full settings)\n\
+  handshakes  only the full-handshake part and the ceiling (full settings), printed\n\
+  storm  only the reload storm (full settings), printed\n\
   --only takes system names, and `reloads` for stayup's reload figures alone\n";
 
 /// Pins the calling thread (and the threads it starts later) to one CPU.
@@ -59,11 +62,12 @@ fn real_main() -> Result<()> {
             .build()?
             .block_on(backend::run());
     }
-    let (smoke, memory_only, storm_only) = match mode.as_str() {
-        "full" => (false, false, false),
-        "smoke" => (true, false, false),
-        "memory" => (false, true, false),
-        "storm" => (false, false, true),
+    let (smoke, part) = match mode.as_str() {
+        "full" => (false, Part::All),
+        "smoke" => (true, Part::All),
+        "memory" => (false, Part::Memory),
+        "handshakes" => (false, Part::Handshakes),
+        "storm" => (false, Part::Storm),
         _ => bail!("{USAGE}"),
     };
     let mut out: Option<PathBuf> = None;
@@ -104,14 +108,13 @@ fn real_main() -> Result<()> {
     // the proxies are started with `taskset -c 1`.
     pin(0)?;
     let mut settings = run::Settings::new(smoke);
-    settings.memory_only = memory_only;
-    settings.storm_only = storm_only;
+    settings.part = part;
     settings.keep = settings_keep;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let results = rt.block_on(run::all(&settings, &stayup, only.as_deref()))?;
-    if memory_only {
+    if part != Part::All {
         return Ok(());
     }
     let (md, svg) = report::render(&results, &settings);

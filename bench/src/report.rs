@@ -315,6 +315,37 @@ pub fn render(r: &Results, s: &Settings) -> (String, String) {
                 .map(|x| if x >= 0.7 { "met" } else { "**missed**" })
                 .unwrap_or("–")
         );
+        if let (Some(f), Some(me_hs)) = (
+            r.floor.as_ref().and_then(|f| f.per_cpu_s),
+            me.handshakes_per_cpu_s,
+        ) {
+            let us = |per_cpu_s: f64| 1e6 / per_cpu_s;
+            let (floor_us, hs_us) = (us(f), us(c.handshakes_per_cpu_s));
+            let bound = 1e6 / (floor_us + hs_us);
+            let best_peer = r
+                .systems
+                .iter()
+                .filter(|x| x.name != "stayup")
+                .filter_map(|x| x.handshakes_per_cpu_s)
+                .fold(0.0_f64, f64::max);
+            let floor_and_handshake = floor_us + hs_us;
+            let (need_ceiling, need_peer) = (us(0.7 * c.handshakes_per_cpu_s), us(2.5 * best_peer));
+            let verdict = match (
+                need_ceiling < floor_and_handshake,
+                best_peer > 0.0 && need_peer < floor_and_handshake,
+            ) {
+                (true, true) => "both less than the floor plus the handshake alone",
+                (true, false) => "the first is less than the floor plus the handshake alone",
+                (false, true) => "the second is less than the floor plus the handshake alone",
+                (false, false) => "both within the floor plus the handshake",
+            };
+            let _ = writeln!(
+                w,
+                "- The floor under both: nginx forwarding the same connections as plain TCP (no TLS) spends {floor_us:.0} µs of proxy CPU on each ({f:.0} per CPU-second): the kernel's TCP work on both sockets and an event loop. With the ceiling's {hs_us:.0} µs for the server's handshake on top, no proxy can do this test faster than {bound:.0} per CPU-second ({floor_and_handshake:.0} µs each); stayup does {me_hs:.0} ({:.0}% of that bound, {:.0} µs per connection more than it). 70% of the ceiling needs at most {need_ceiling:.0} µs per connection and 2.5× the best peer at most {need_peer:.0} µs: {verdict}.",
+                100.0 * me_hs / bound,
+                (us(me_hs) - floor_and_handshake).max(0.0),
+            );
+        }
         // Bytes per proxy CPU-second against bytes per CPU-second of bare decryption.
         let bulk = me.bulk_cpu_s_per_gb.map(|s| 1000.0 / s / c.decrypt_mb_s);
         let _ = writeln!(
@@ -488,7 +519,9 @@ Afterwards every long-lived connection must still echo.\n\
 - stayup only: reload-to-effect is the time from the trigger to the end of the first handshake that presents the \
 new certificate (a new certificate each rotation); reload time is the round trip of a control-socket reload, which \
 answers when the reload has ended.\n\
-- Ceiling: rustls (aws-lc-rs) client and server in memory on CPU 1, only the server's calls timed (thread CPU time).\n",
+- Ceiling: rustls (aws-lc-rs) client and server in memory on CPU 1, only the server's calls timed (thread CPU time).\n\
+- Floor: nginx's stream proxy without TLS (one worker on CPU 1) under the handshake test's load with plain TCP \
+clients: connect, one 64-byte echo through the backend, close, {c} concurrent loops, {hs:?}.\n",
         c = s.concurrency,
         hs = s.handshake_time,
         wu = s.warmup,

@@ -2,24 +2,36 @@
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
+use rustls::ClientConfig;
 use tokio::io::AsyncBufReadExt;
 
 use crate::load::{self, HandshakeLoad, Upload};
 use crate::systems::{Env, Kind, Proxy};
 
+/// The parts a run is limited to (all but `All` are for profiling one part).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    All,
+    /// Memory per idle connection, printed.
+    Memory,
+    /// Full handshakes, and the ceiling to compare them with.
+    Handshakes,
+    /// The reload storm.
+    Storm,
+}
+
 /// How long and how big each part is.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub smoke: bool,
-    /// Only the memory-per-idle-connection part (for profiling).
-    pub memory_only: bool,
-    /// Only the reload storm.
-    pub storm_only: bool,
+    /// Which parts run.
+    pub part: Part,
     /// Keep the working folder (configurations, logs) for inspection.
     pub keep: bool,
     pub concurrency: usize,
@@ -50,8 +62,7 @@ impl Settings {
         if smoke {
             Settings {
                 smoke,
-                memory_only: false,
-                storm_only: false,
+                part: Part::All,
                 keep: false,
                 concurrency: 32,
                 warmup: ms(200),
@@ -73,8 +84,7 @@ impl Settings {
         } else {
             Settings {
                 smoke,
-                memory_only: false,
-                storm_only: false,
+                part: Part::All,
                 keep: false,
                 concurrency: 200,
                 warmup: s(1),
@@ -179,6 +189,8 @@ pub struct Results {
     pub skipped: Vec<&'static str>,
     pub stayup: crate::stayup_only::StayupOnly,
     pub ceiling: Option<crate::ceiling::Ceiling>,
+    /// The handshake test without TLS (see `floor`).
+    pub floor: Option<Rate>,
     pub errors: Vec<String>,
 }
 
@@ -251,7 +263,7 @@ pub async fn all(settings: &Settings, stayup: &Path, only: Option<&[String]>) ->
     };
 
     let mut errors = Vec::new();
-    let ceiling = if settings.memory_only || settings.storm_only {
+    let ceiling = if matches!(settings.part, Part::Memory | Part::Storm) {
         None
     } else {
         eprintln!(
@@ -259,7 +271,13 @@ pub async fn all(settings: &Settings, stayup: &Path, only: Option<&[String]>) ->
             crate::systems::proxy_cpu()
         );
         match crate::ceiling::measure(&env.certs[0], settings.ceiling_time) {
-            Ok(c) => Some(c),
+            Ok(c) => {
+                eprintln!(
+                    "ceiling: {:.0} server handshakes per CPU-second ({:.0} with two tickets), AES-256-GCM {:.0} MB/s",
+                    c.handshakes_per_cpu_s, c.handshakes_per_cpu_s_tickets, c.decrypt_mb_s
+                );
+                Some(c)
+            }
             Err(e) => {
                 errors.push(format!("ceiling: {e:#}"));
                 None
@@ -283,8 +301,22 @@ pub async fn all(settings: &Settings, stayup: &Path, only: Option<&[String]>) ->
         systems.push(system(kind, &env, settings).await);
     }
 
-    let stayup_only = if !settings.memory_only
-        && !settings.storm_only
+    let floor = if matches!(settings.part, Part::All | Part::Handshakes)
+        && Kind::NginxPlain.installed()
+        && only.is_none_or(|o| o.iter().any(|s| s == "stayup" || s == "floor"))
+    {
+        match floor(&env, settings).await {
+            Ok(f) => Some(f),
+            Err(e) => {
+                errors.push(format!("floor: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let stayup_only = if settings.part == Part::All
         && only.is_none_or(|o| o.iter().any(|s| s == "stayup" || s == "reloads"))
     {
         crate::stayup_only::run(&env, &ca, settings).await
@@ -321,6 +353,7 @@ pub async fn all(settings: &Settings, stayup: &Path, only: Option<&[String]>) ->
         skipped,
         stayup: stayup_only,
         ceiling,
+        floor,
         errors,
     })
 }
@@ -332,12 +365,12 @@ async fn system(kind: Kind, env: &Env, s: &Settings) -> SystemResult {
         ..Default::default()
     };
     eprintln!("{}: {}", kind.name(), r.version);
-    if !s.storm_only
+    if s.part != Part::Storm
         && let Err(e) = throughput_parts(kind, env, s, &mut r).await
     {
         r.errors.push(format!("{e:#}"));
     }
-    if !s.memory_only {
+    if matches!(s.part, Part::All | Part::Storm) {
         match storm(kind, env, s).await {
             Ok(st) => r.storm = Some(st),
             Err(e) => r.errors.push(format!("reload storm: {e:#}")),
@@ -359,52 +392,50 @@ async fn throughput_parts(kind: Kind, env: &Env, s: &Settings, r: &mut SystemRes
 async fn measure_parts(p: &Proxy, env: &Env, s: &Settings, r: &mut SystemResult) -> Result<()> {
     let name = p.kind.name();
     // 4. Memory per idle connection, on the fresh process.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = p.memory();
-    let conns = load::open_many(p.addr, &env.client, s.idle_connections, 50)
-        .await
-        .context("idle connections")?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = p.memory();
-    let n = conns.len() as f64;
-    r.idle_rss_kib = Some((after.rss_kib as f64 - before.rss_kib as f64) / n);
-    r.idle_pss_kib = Some((after.pss_kib as f64 - before.pss_kib as f64) / n);
-    eprintln!(
-        "{name}: idle {} connections: {:.1} KiB RSS, {:.1} KiB PSS each",
-        conns.len(),
-        r.idle_rss_kib.unwrap_or(0.0),
-        r.idle_pss_kib.unwrap_or(0.0)
-    );
-    conns.into_iter().for_each(load::abort);
-    if s.memory_only {
-        return Ok(());
+    if s.part != Part::Handshakes {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = p.memory();
+        let conns = load::open_many(p.addr, &env.client, s.idle_connections, 50)
+            .await
+            .context("idle connections")?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = p.memory();
+        let n = conns.len() as f64;
+        r.idle_rss_kib = Some((after.rss_kib as f64 - before.rss_kib as f64) / n);
+        r.idle_pss_kib = Some((after.pss_kib as f64 - before.pss_kib as f64) / n);
+        eprintln!(
+            "{name}: idle {} connections: {:.1} KiB RSS, {:.1} KiB PSS each",
+            conns.len(),
+            r.idle_rss_kib.unwrap_or(0.0),
+            r.idle_pss_kib.unwrap_or(0.0)
+        );
+        conns.into_iter().for_each(load::abort);
+        if s.part == Part::Memory {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
     // 1. Full handshakes.
-    let hs = HandshakeLoad::start(p.addr, &env.client, s.concurrency);
-    tokio::time::sleep(s.warmup).await;
     let tickets0 = crate::tls::TICKETS.load(Ordering::Relaxed);
-    let (c0, cpu0, t0) = (hs.counts.snapshot(), p.cpu_seconds(), Instant::now());
-    tokio::time::sleep(s.handshake_time).await;
-    let (c1, cpu1, wall) = (hs.counts.snapshot(), p.cpu_seconds(), t0.elapsed());
+    let rate = new_connections(p, Some(&env.client), s).await;
     let tickets = crate::tls::TICKETS.load(Ordering::Relaxed) - tickets0;
-    hs.stop().await;
-    let d = c1 - c0;
-    let cpu = cpu1 - cpu0;
-    r.handshakes_per_s = Some(d.ok as f64 / wall.as_secs_f64());
-    r.handshakes_per_cpu_s = (cpu > 0.0).then(|| d.ok as f64 / cpu);
-    r.handshake_cpu_share = Some(cpu / wall.as_secs_f64());
-    r.handshake_errors = d.connect_errors + d.handshake_errors + d.data_errors;
-    r.tickets_per_handshake = (d.ok > 0).then(|| tickets as f64 / d.ok as f64);
+    r.handshakes_per_s = Some(rate.per_s);
+    r.handshakes_per_cpu_s = rate.per_cpu_s;
+    r.handshake_cpu_share = Some(rate.cpu_share);
+    r.handshake_errors = rate.errors;
+    r.tickets_per_handshake = (rate.ok > 0).then(|| tickets as f64 / rate.ok as f64);
     eprintln!(
         "{name}: {:.0} handshakes/s, {:.0} per proxy CPU-second (proxy CPU {:.0}%), {} errors, {:.2} tickets per handshake",
-        r.handshakes_per_s.unwrap_or(0.0),
-        r.handshakes_per_cpu_s.unwrap_or(0.0),
-        100.0 * r.handshake_cpu_share.unwrap_or(0.0),
-        r.handshake_errors,
+        rate.per_s,
+        rate.per_cpu_s.unwrap_or(0.0),
+        100.0 * rate.cpu_share,
+        rate.errors,
         r.tickets_per_handshake.unwrap_or(f64::NAN)
     );
+    if s.part == Part::Handshakes {
+        return Ok(());
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // 2. Bulk throughput over one connection.
@@ -466,6 +497,57 @@ async fn measure_parts(p: &Proxy, env: &Env, s: &Settings, r: &mut SystemResult)
     Ok(())
 }
 
+/// New connections through `p` under the handshake test's load (with TLS
+/// when `tls` is given), counted after the warm-up.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rate {
+    pub ok: u64,
+    pub errors: u64,
+    pub per_s: f64,
+    pub per_cpu_s: Option<f64>,
+    /// Proxy CPU time over wall time.
+    pub cpu_share: f64,
+}
+
+async fn new_connections(p: &Proxy, tls: Option<&Arc<ClientConfig>>, s: &Settings) -> Rate {
+    let load = HandshakeLoad::start(p.addr, tls, s.concurrency);
+    tokio::time::sleep(s.warmup).await;
+    let (c0, cpu0, t0) = (load.counts.snapshot(), p.cpu_seconds(), Instant::now());
+    tokio::time::sleep(s.handshake_time).await;
+    let (c1, cpu1, wall) = (load.counts.snapshot(), p.cpu_seconds(), t0.elapsed());
+    load.stop().await;
+    let d = c1 - c0;
+    let cpu = cpu1 - cpu0;
+    Rate {
+        ok: d.ok,
+        errors: d.connect_errors + d.handshake_errors + d.data_errors,
+        per_s: d.ok as f64 / wall.as_secs_f64(),
+        per_cpu_s: (cpu > 0.0).then(|| d.ok as f64 / cpu),
+        cpu_share: cpu / wall.as_secs_f64(),
+    }
+}
+
+/// The floor of the handshake test: nginx forwarding the same connections
+/// (connect, one 64-byte echo through a backend connection, close) as plain
+/// TCP. What a connection costs a proxy without TLS is the part of the
+/// handshake test no TLS library can make cheaper.
+async fn floor(env: &Env, s: &Settings) -> Result<Rate> {
+    let p = Proxy::start(Kind::NginxPlain, env).await?;
+    let rate = new_connections(&p, None, s).await;
+    p.stop().await;
+    eprintln!(
+        "floor (nginx, plain TCP): {:.0} connections/s, {:.0} per proxy CPU-second (proxy CPU {:.0}%), {} errors",
+        rate.per_s,
+        rate.per_cpu_s.unwrap_or(0.0),
+        100.0 * rate.cpu_share,
+        rate.errors
+    );
+    if rate.errors > 0 {
+        bail!("{} failed connections without TLS", rate.errors);
+    }
+    Ok(rate)
+}
+
 /// Figure 5: a reload every `storm_interval` for `storm_time` under
 /// new-connection load, with long-lived connections open.
 async fn storm(kind: Kind, env: &Env, s: &Settings) -> Result<Storm> {
@@ -480,7 +562,7 @@ async fn storm_on(p: &mut Proxy, env: &Env, s: &Settings) -> Result<Storm> {
     let mut long = load::open_many(p.addr, &env.client, s.long_lived, 50)
         .await
         .context("long-lived connections")?;
-    let hs = HandshakeLoad::start(p.addr, &env.client, s.concurrency);
+    let hs = HandshakeLoad::start(p.addr, Some(&env.client), s.concurrency);
     tokio::time::sleep(s.warmup).await;
     let (c0, cpu0, t0) = (hs.counts.snapshot(), p.cpu_seconds(), Instant::now());
     tokio::time::sleep(s.storm_baseline / 2).await;

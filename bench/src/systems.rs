@@ -46,6 +46,10 @@ pub enum Kind {
     Haproxy,
     Hitch,
     Stunnel,
+    /// nginx forwarding plain TCP: not a contender, the floor of the
+    /// handshake test (the kernel's and an event loop's cost of a
+    /// connection, with no TLS).
+    NginxPlain,
 }
 
 impl Kind {
@@ -64,6 +68,7 @@ impl Kind {
             Kind::Haproxy => "haproxy",
             Kind::Hitch => "hitch",
             Kind::Stunnel => "stunnel",
+            Kind::NginxPlain => "nginx-plain",
         }
     }
 
@@ -71,7 +76,7 @@ impl Kind {
     pub fn installed(self) -> bool {
         match self {
             Kind::Stayup => true,
-            Kind::Nginx => {
+            Kind::Nginx | Kind::NginxPlain => {
                 on_path("nginx")
                     && Path::new("/usr/lib/nginx/modules/ngx_stream_module.so").exists()
             }
@@ -84,7 +89,7 @@ impl Kind {
     pub fn version(self, stayup: &Path) -> String {
         let (bin, arg): (&Path, &str) = match self {
             Kind::Stayup => (stayup, "--version"),
-            Kind::Nginx => (Path::new("nginx"), "-v"),
+            Kind::Nginx | Kind::NginxPlain => (Path::new("nginx"), "-v"),
             Kind::Haproxy => (Path::new("haproxy"), "-v"),
             Kind::Hitch => (Path::new("hitch"), "--version"),
             Kind::Stunnel => (Path::new("stunnel"), "-version"),
@@ -162,18 +167,8 @@ fn config_text(kind: Kind, dir: &Path, port: u16, backend: u16, c: &CertFiles) -
     let d = dir.display();
     match kind {
         Kind::Stayup => stayup_yaml(port, backend, &[c], false),
-        Kind::Nginx => format!(
-            "daemon off;\nmaster_process on;\nworker_processes 1;\nworker_rlimit_nofile 20000;\n\
-             pid {d}/nginx.pid;\nerror_log stderr warn;\n\
-             load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
-             events {{ worker_connections 19000; }}\n\
-             stream {{\n  server {{\n    listen 127.0.0.1:{port} ssl backlog=1024;\n\
-             ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.3;\n\
-             ssl_session_cache off;\n    ssl_session_tickets off;\n\
-             proxy_pass 127.0.0.1:{backend};\n    proxy_timeout 1h;\n  }}\n}}\n",
-            c.cert.display(),
-            c.key.display()
-        ),
+        Kind::Nginx => nginx_conf(dir, port, backend, Some(c)),
+        Kind::NginxPlain => nginx_conf(dir, port, backend, None),
         Kind::Haproxy => format!(
             "global\n  nbthread 1\n  maxconn 9000\n  tune.ssl.cachesize 0\n\
              ssl-default-bind-options ssl-min-ver TLSv1.3 no-tls-tickets\n\
@@ -197,6 +192,31 @@ fn config_text(kind: Kind, dir: &Path, port: u16, backend: u16, c: &CertFiles) -
             c.key.display()
         ),
     }
+}
+
+/// nginx's stream proxy, terminating TLS with `tls` or forwarding plain TCP.
+fn nginx_conf(dir: &Path, port: u16, backend: u16, tls: Option<&CertFiles>) -> String {
+    let (ssl, tls) = match tls {
+        Some(c) => (
+            " ssl",
+            format!(
+                "    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.3;\n\
+                 ssl_session_cache off;\n    ssl_session_tickets off;\n",
+                c.cert.display(),
+                c.key.display()
+            ),
+        ),
+        None => ("", String::new()),
+    };
+    format!(
+        "daemon off;\nmaster_process on;\nworker_processes 1;\nworker_rlimit_nofile 20000;\n\
+         pid {}/nginx.pid;\nerror_log stderr warn;\n\
+         load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
+         events {{ worker_connections 19000; }}\n\
+         stream {{\n  server {{\n    listen 127.0.0.1:{port}{ssl} backlog=1024;\n{tls}\
+         proxy_pass 127.0.0.1:{backend};\n    proxy_timeout 1h;\n  }}\n}}\n",
+        dir.display()
+    )
 }
 
 /// Writes `text` to `path` by renaming a new file into place.
@@ -237,7 +257,7 @@ impl Proxy {
         let port = free_port()?;
         let config = dir.join(match kind {
             Kind::Stayup => "stayup.yaml",
-            Kind::Nginx => "nginx.conf",
+            Kind::Nginx | Kind::NginxPlain => "nginx.conf",
             Kind::Haproxy => "haproxy.cfg",
             Kind::Hitch => "hitch.conf",
             Kind::Stunnel => "stunnel.conf",
@@ -277,7 +297,7 @@ impl Proxy {
         let c = config.display().to_string();
         match kind {
             Kind::Stayup => cmd.arg(&env.stayup).args(["run", "--config", &c]),
-            Kind::Nginx => cmd
+            Kind::Nginx | Kind::NginxPlain => cmd
                 .args(["nginx", "-e", "stderr", "-c", &c, "-p"])
                 .arg(&dir),
             Kind::Haproxy => cmd.args(["haproxy", "-W", "-db", "-f", &c]),
@@ -326,7 +346,8 @@ impl Proxy {
         self.repinned += moved;
     }
 
-    /// Waits until a full connection (handshake and echo) goes through.
+    /// Waits until a full connection (handshake and echo; echo alone for
+    /// the plain floor) goes through.
     async fn wait_ready(&mut self, cfg: &Arc<ClientConfig>) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -337,8 +358,16 @@ impl Proxy {
                     self.log_tail()
                 );
             }
-            if let Ok(c) = crate::load::open(self.addr, cfg, b'E').await {
-                crate::load::abort(c);
+            let served = if self.kind == Kind::NginxPlain {
+                crate::load::open_plain(self.addr, b'E')
+                    .await
+                    .map(crate::load::abort_plain)
+            } else {
+                crate::load::open(self.addr, cfg, b'E')
+                    .await
+                    .map(crate::load::abort)
+            };
+            if served.is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline {
