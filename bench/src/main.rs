@@ -24,15 +24,16 @@ use anyhow::{Context, Result, bail};
 
 use crate::run::Part;
 
-const USAGE: &str = "usage: stayup-bench full|smoke|memory|handshakes|storm [--out FILE] [--only SYSTEM,...] [--stayup BINARY] [--keep]\n\
+const USAGE: &str = "usage: stayup-bench full|smoke|memory|handshakes|echo|storm [--out FILE] [--only SYSTEM,...] [--stayup BINARY] [--keep]\n\
   full   installs the peers from Debian if missing, runs everything (about 7 minutes),\n\
          writes bench/results/<date>.md and .svg\n\
   smoke  seconds-long version against stayup and whichever peers are installed,\n\
          writes bench/target/smoke.md\n\
   memory only the memory-per-idle-connection part (3,000 connections), printed\n\
-  handshakes  only the full-handshake part and the ceiling (full settings), printed\n\
+  handshakes  only the full-handshake part, the ceiling and the floor (full settings), printed\n\
+  echo   only the echo latencies (full settings), printed\n\
   storm  only the reload storm (full settings), printed\n\
-  --only takes system names, and `reloads` for stayup's reload figures alone\n";
+  --only takes system names, `reloads` for stayup's reload figures alone, `floor` for the floor\n";
 
 /// Pins the calling thread (and the threads it starts later) to one CPU.
 pub fn pin(cpu: usize) -> Result<()> {
@@ -67,6 +68,7 @@ fn real_main() -> Result<()> {
         "smoke" => (true, Part::All),
         "memory" => (false, Part::Memory),
         "handshakes" => (false, Part::Handshakes),
+        "echo" => (false, Part::Echo),
         "storm" => (false, Part::Storm),
         _ => bail!("{USAGE}"),
     };

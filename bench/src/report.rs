@@ -506,8 +506,9 @@ does not verify certificates or signatures (so that it spends less CPU per hands
 Proxy CPU is utime + stime (+ reaped children) of every process in the proxy's tree, from /proc.\n\
 - Bulk: one connection uploading 64 KiB writes into a sink for {bulk:?}; MB/s counted at the backend.\n\
 - Echo: 64-byte round trips, closed loop, over 1 and over 50 persistent connections, HdrHistogram; {rounds} round(s) \
-of {echo:?} each, and the round with the median p99 is the one reported (its p50, p99 and p99.9), so that one burst of \
-other work on a shared machine does not decide a tail.\n\
+of {echo:?} each, taken in turns with every proxy running (every system's first round, then every system's second, \
+and so on), and each system's round with the median p99 is the one reported (its p50, p99 and p99.9): a slow spell of \
+a shared machine falls on one round of every system, not on whichever system was measured during it.\n\
 - Memory: a fresh proxy process, {idle} connections opened (handshake plus one echo each), then idle for 1 s; \
 ΔRSS and ΔPSS summed over the proxy's processes from /proc/PID/smaps_rollup, divided by {idle}.\n\
 - Reload storm: a fresh proxy, {ll} long-lived connections, new-connection load as above; a reload every {iv:?} \

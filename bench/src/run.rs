@@ -20,8 +20,10 @@ pub enum Part {
     All,
     /// Memory per idle connection, printed.
     Memory,
-    /// Full handshakes, and the ceiling to compare them with.
+    /// Full handshakes, and the ceiling and floor to compare them with.
     Handshakes,
+    /// Echo round trips over 1 and 50 connections.
+    Echo,
     /// The reload storm.
     Storm,
 }
@@ -90,8 +92,8 @@ impl Settings {
                 warmup: s(1),
                 handshake_time: s(10),
                 bulk_time: s(5),
-                echo_time: s(5),
-                echo_rounds: 3,
+                echo_time: s(4),
+                echo_rounds: 5,
                 idle_connections: 3000,
                 storm_baseline: s(10),
                 storm_time: s(15),
@@ -263,7 +265,7 @@ pub async fn all(settings: &Settings, stayup: &Path, only: Option<&[String]>) ->
     };
 
     let mut errors = Vec::new();
-    let ceiling = if matches!(settings.part, Part::Memory | Part::Storm) {
+    let ceiling = if matches!(settings.part, Part::Memory | Part::Storm | Part::Echo) {
         None
     } else {
         eprintln!(
@@ -299,6 +301,10 @@ pub async fn all(settings: &Settings, stayup: &Path, only: Option<&[String]>) ->
             continue;
         }
         systems.push(system(kind, &env, settings).await);
+    }
+
+    if matches!(settings.part, Part::All | Part::Echo) {
+        echo_in_turns(&mut systems, &env, settings).await;
     }
 
     let floor = if matches!(settings.part, Part::All | Part::Handshakes)
@@ -365,7 +371,7 @@ async fn system(kind: Kind, env: &Env, s: &Settings) -> SystemResult {
         ..Default::default()
     };
     eprintln!("{}: {}", kind.name(), r.version);
-    if s.part != Part::Storm
+    if matches!(s.part, Part::All | Part::Memory | Part::Handshakes)
         && let Err(e) = throughput_parts(kind, env, s, &mut r).await
     {
         r.errors.push(format!("{e:#}"));
@@ -392,7 +398,7 @@ async fn throughput_parts(kind: Kind, env: &Env, s: &Settings, r: &mut SystemRes
 async fn measure_parts(p: &Proxy, env: &Env, s: &Settings, r: &mut SystemResult) -> Result<()> {
     let name = p.kind.name();
     // 4. Memory per idle connection, on the fresh process.
-    if s.part != Part::Handshakes {
+    if matches!(s.part, Part::All | Part::Memory) {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let before = p.memory();
         let conns = load::open_many(p.addr, &env.client, s.idle_connections, 50)
@@ -417,84 +423,157 @@ async fn measure_parts(p: &Proxy, env: &Env, s: &Settings, r: &mut SystemResult)
     }
 
     // 1. Full handshakes.
-    let tickets0 = crate::tls::TICKETS.load(Ordering::Relaxed);
-    let rate = new_connections(p, Some(&env.client), s).await;
-    let tickets = crate::tls::TICKETS.load(Ordering::Relaxed) - tickets0;
-    r.handshakes_per_s = Some(rate.per_s);
-    r.handshakes_per_cpu_s = rate.per_cpu_s;
-    r.handshake_cpu_share = Some(rate.cpu_share);
-    r.handshake_errors = rate.errors;
-    r.tickets_per_handshake = (rate.ok > 0).then(|| tickets as f64 / rate.ok as f64);
-    eprintln!(
-        "{name}: {:.0} handshakes/s, {:.0} per proxy CPU-second (proxy CPU {:.0}%), {} errors, {:.2} tickets per handshake",
-        rate.per_s,
-        rate.per_cpu_s.unwrap_or(0.0),
-        100.0 * rate.cpu_share,
-        rate.errors,
-        r.tickets_per_handshake.unwrap_or(f64::NAN)
-    );
-    if s.part == Part::Handshakes {
-        return Ok(());
+    if matches!(s.part, Part::All | Part::Handshakes) {
+        let tickets0 = crate::tls::TICKETS.load(Ordering::Relaxed);
+        let rate = new_connections(p, Some(&env.client), s).await;
+        let tickets = crate::tls::TICKETS.load(Ordering::Relaxed) - tickets0;
+        r.handshakes_per_s = Some(rate.per_s);
+        r.handshakes_per_cpu_s = rate.per_cpu_s;
+        r.handshake_cpu_share = Some(rate.cpu_share);
+        r.handshake_errors = rate.errors;
+        r.tickets_per_handshake = (rate.ok > 0).then(|| tickets as f64 / rate.ok as f64);
+        eprintln!(
+            "{name}: {:.0} handshakes/s, {:.0} per proxy CPU-second (proxy CPU {:.0}%), {} errors, {:.2} tickets per handshake",
+            rate.per_s,
+            rate.per_cpu_s.unwrap_or(0.0),
+            100.0 * rate.cpu_share,
+            rate.errors,
+            r.tickets_per_handshake.unwrap_or(f64::NAN)
+        );
+        if s.part == Part::Handshakes {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
     // 2. Bulk throughput over one connection.
-    let up = Upload::start(p.addr, &env.client).await.context("bulk")?;
-    tokio::time::sleep(s.warmup).await;
-    let (b0, cpu0, t0) = (
-        crate::backend::sunk(env.backend_port).await?,
-        p.cpu_seconds(),
-        Instant::now(),
-    );
-    tokio::time::sleep(s.bulk_time).await;
-    let (b1, cpu1, wall) = (
-        crate::backend::sunk(env.backend_port).await?,
-        p.cpu_seconds(),
-        t0.elapsed(),
-    );
-    up.stop().await.context("bulk upload")?;
-    let bytes = (b1 - b0) as f64;
-    r.bulk_mb_s = Some(bytes / 1e6 / wall.as_secs_f64());
-    r.bulk_cpu_s_per_gb = (bytes > 0.0).then(|| (cpu1 - cpu0) / (bytes / 1e9));
-    eprintln!(
-        "{name}: bulk {:.0} MB/s, {:.3} proxy CPU-s per GB",
-        r.bulk_mb_s.unwrap_or(0.0),
-        r.bulk_cpu_s_per_gb.unwrap_or(0.0)
-    );
-
-    // 3. Echo latency.
-    for (conns, slot) in [(1usize, &mut r.echo1), (50, &mut r.echo50)] {
-        let mut rounds = Vec::new();
-        for round in 1..=s.echo_rounds.max(1) {
-            let (cpu0, t0) = (p.cpu_seconds(), Instant::now());
-            let pre0 = crate::procfs::preemptions(p.pid);
-            let h = load::echo_latency(
-                p.addr,
-                &env.client,
-                conns,
-                s.warmup.min(Duration::from_millis(500)),
-                s.echo_time,
-            )
-            .await
-            .with_context(|| format!("echo over {conns}"))?;
-            let mut l = Latency::of(&h);
-            l.cpu_share = (p.cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64();
-            l.preemptions = crate::procfs::preemptions(p.pid).saturating_sub(pre0);
-            eprintln!(
-                "{name}: echo over {conns}, round {round}: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us ({} samples), proxy CPU {:.0}%, preempted {} times",
-                l.p50_us,
-                l.p99_us,
-                l.p999_us,
-                l.samples,
-                l.cpu_share * 100.0,
-                l.preemptions
-            );
-            rounds.push(l);
-        }
-        rounds.sort_by(|a, b| a.p99_us.total_cmp(&b.p99_us));
-        *slot = Some(rounds.swap_remove(rounds.len() / 2));
+    if s.part == Part::All {
+        let up = Upload::start(p.addr, &env.client).await.context("bulk")?;
+        tokio::time::sleep(s.warmup).await;
+        let (b0, cpu0, t0) = (
+            crate::backend::sunk(env.backend_port).await?,
+            p.cpu_seconds(),
+            Instant::now(),
+        );
+        tokio::time::sleep(s.bulk_time).await;
+        let (b1, cpu1, wall) = (
+            crate::backend::sunk(env.backend_port).await?,
+            p.cpu_seconds(),
+            t0.elapsed(),
+        );
+        up.stop().await.context("bulk upload")?;
+        let bytes = (b1 - b0) as f64;
+        r.bulk_mb_s = Some(bytes / 1e6 / wall.as_secs_f64());
+        r.bulk_cpu_s_per_gb = (bytes > 0.0).then(|| (cpu1 - cpu0) / (bytes / 1e9));
+        eprintln!(
+            "{name}: bulk {:.0} MB/s, {:.3} proxy CPU-s per GB",
+            r.bulk_mb_s.unwrap_or(0.0),
+            r.bulk_cpu_s_per_gb.unwrap_or(0.0)
+        );
     }
+
+    // 3. Echo latency: `echo_in_turns`, with every system running.
     Ok(())
+}
+
+/// Figure 3 for every system in turns: every system's round 1 (over 1 and
+/// over 50 connections), then every system's round 2, and so on, with all
+/// the proxies running (an idle one costs the others nothing). A slow spell
+/// of a shared machine then falls on one round of every system rather than
+/// on all the rounds of whichever system was measured during it; each
+/// round starts one system further along. Each system's figure is its round
+/// with the median p99.
+async fn echo_in_turns(systems: &mut [SystemResult], env: &Env, s: &Settings) {
+    struct Turn {
+        at: usize,
+        proxy: Proxy,
+        rounds: [Vec<Latency>; 2],
+        failed: bool,
+    }
+    const CONNS: [usize; 2] = [1, 50];
+    let mut turns = Vec::new();
+    for (at, r) in systems.iter_mut().enumerate() {
+        let Some(kind) = Kind::ALL.into_iter().find(|k| k.name() == r.name) else {
+            continue;
+        };
+        match Proxy::start(kind, env).await {
+            Ok(proxy) => turns.push(Turn {
+                at,
+                proxy,
+                rounds: Default::default(),
+                failed: false,
+            }),
+            Err(e) => r.errors.push(format!("echo: {e:#}")),
+        }
+    }
+    for round in 1..=s.echo_rounds.max(1) {
+        // Each round starts with another system, so that none is always
+        // measured right after the same neighbour.
+        let n = turns.len().max(1);
+        turns.rotate_left(usize::from(round > 1) % n);
+        for t in turns.iter_mut().filter(|t| !t.failed) {
+            for (i, conns) in CONNS.into_iter().enumerate() {
+                match echo_round(&t.proxy, env, s, conns).await {
+                    Ok(l) => {
+                        eprintln!(
+                            "{}: echo over {conns}, round {round}: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us ({} samples), proxy CPU {:.0}%, preempted {} times",
+                            t.proxy.kind.name(),
+                            l.p50_us,
+                            l.p99_us,
+                            l.p999_us,
+                            l.samples,
+                            l.cpu_share * 100.0,
+                            l.preemptions
+                        );
+                        t.rounds[i].push(l);
+                    }
+                    Err(e) => {
+                        let msg = format!("echo over {conns}: {e:#}");
+                        eprintln!("{}: FAILED {msg}", t.proxy.kind.name());
+                        systems[t.at].errors.push(msg);
+                        t.failed = true;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    for t in turns {
+        if !t.failed {
+            let r = &mut systems[t.at];
+            let [one, fifty] = t.rounds;
+            r.echo1 = median_p99(one);
+            r.echo50 = median_p99(fifty);
+        }
+        t.proxy.stop().await;
+    }
+}
+
+/// The round with the median p99.
+fn median_p99(mut rounds: Vec<Latency>) -> Option<Latency> {
+    if rounds.is_empty() {
+        return None;
+    }
+    rounds.sort_by(|a, b| a.p99_us.total_cmp(&b.p99_us));
+    Some(rounds.swap_remove(rounds.len() / 2))
+}
+
+/// One round of 64-byte echoes over `conns` connections through `p`.
+async fn echo_round(p: &Proxy, env: &Env, s: &Settings, conns: usize) -> Result<Latency> {
+    let (cpu0, t0) = (p.cpu_seconds(), Instant::now());
+    let pre0 = crate::procfs::preemptions(p.pid);
+    let h = load::echo_latency(
+        p.addr,
+        &env.client,
+        conns,
+        s.warmup.min(Duration::from_millis(500)),
+        s.echo_time,
+    )
+    .await?;
+    let mut l = Latency::of(&h);
+    l.cpu_share = (p.cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64();
+    l.preemptions = crate::procfs::preemptions(p.pid).saturating_sub(pre0);
+    Ok(l)
 }
 
 /// New connections through `p` under the handshake test's load (with TLS
