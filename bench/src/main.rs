@@ -3,7 +3,7 @@
 //! client and the same backend.
 //!
 //! ```text
-//! cargo run --release --manifest-path bench/Cargo.toml -- full    # about 7 minutes
+//! cargo run --release --manifest-path bench/Cargo.toml -- full    # about 8 minutes
 //! cargo run --release --manifest-path bench/Cargo.toml -- smoke   # seconds, for CI
 //! ```
 
@@ -25,7 +25,7 @@ use anyhow::{Context, Result, bail};
 use crate::run::Part;
 
 const USAGE: &str = "usage: stayup-bench full|smoke|memory|handshakes|echo|storm [--out FILE] [--only SYSTEM,...] [--stayup BINARY] [--keep]\n\
-  full   installs the peers from Debian if missing, runs everything (about 7 minutes),\n\
+  full   installs the peers from Debian if missing, runs everything (about 8 minutes),\n\
          writes bench/results/<date>.md and .svg\n\
   smoke  seconds-long version against stayup and whichever peers are installed,\n\
          writes bench/target/smoke.md\n\
