@@ -302,7 +302,8 @@ pub struct LimitsConfig {
     pub backend_connect_timeout: Duration,
     /// Close a connection with no traffic in either direction for this long (zero = never).
     pub idle_timeout: Duration,
-    /// Refuse private keys readable by group or others unless this is set.
+    /// Refuse private keys readable by group or others (but for root-owned
+    /// keys its group may read) unless this is set.
     pub allow_insecure_key_permissions: bool,
 }
 

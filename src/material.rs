@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -302,7 +302,7 @@ impl fmt::Display for MaterialError {
             }
             InsecureKeyPermissions { file, mode } => write!(
                 f,
-                "{}: private key is readable by group or others (mode {:04o}); chmod 600 it, or set limits.allow_insecure_key_permissions: true",
+                "{}: private key is readable by group or others (mode {:04o}); make it 0600, or 0640 owned by root with a group of its readers, or set limits.allow_insecure_key_permissions: true",
                 file.display(),
                 mode & 0o7777
             ),
@@ -418,6 +418,16 @@ pub fn load(
     Ok(Material { listeners, files })
 }
 
+/// A key is private when nobody but its owner may read it, or when root owns
+/// it and only its group may also read it (PostgreSQL's rule). The second
+/// form is how keys are commonly shared with a service without giving it
+/// the file: Debian's `ssl-cert` group (0640 root:ssl-cert), and Kubernetes
+/// Secret volumes, whose files root owns and whose `defaultMode: 0440` with
+/// the pod's `fsGroup` is the only way a non-root container can read them.
+fn key_mode_is_private(mode: u32, owner: u32) -> bool {
+    mode & 0o077 == 0 || (owner == 0 && mode & 0o037 == 0)
+}
+
 fn check_key_permissions(path: &Path) -> Result<(), MaterialError> {
     let meta = std::fs::metadata(path).map_err(|e| MaterialError::Read {
         file: path.to_path_buf(),
@@ -425,7 +435,7 @@ fn check_key_permissions(path: &Path) -> Result<(), MaterialError> {
         reason: io_error(e),
     })?;
     let mode = meta.permissions().mode();
-    if meta.is_file() && mode & 0o077 != 0 {
+    if meta.is_file() && !key_mode_is_private(mode, meta.uid()) {
         return Err(MaterialError::InsecureKeyPermissions {
             file: path.to_path_buf(),
             mode,
@@ -728,4 +738,32 @@ fn load_client_ca(path: &Path, bytes: &[u8]) -> Result<RootCertStore, MaterialEr
         })?;
     }
     Ok(store)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_mode_is_private;
+
+    #[test]
+    fn a_key_is_private_to_its_owner_or_to_root_and_its_group() {
+        for (mode, owner, private) in [
+            (0o600, 1000, true),
+            (0o400, 1000, true),
+            (0o640, 1000, false),
+            (0o604, 1000, false),
+            (0o600, 0, true),
+            (0o640, 0, true),
+            (0o440, 0, true),
+            (0o660, 0, false),
+            (0o650, 0, false),
+            (0o644, 0, false),
+            (0o604, 0, false),
+        ] {
+            assert_eq!(
+                key_mode_is_private(0o100000 | mode, owner),
+                private,
+                "mode {mode:o}, owner {owner}"
+            );
+        }
+    }
 }

@@ -7,6 +7,8 @@ mod common;
 
 use common::*;
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
 fn repo_file(rel: &str) -> String {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -33,6 +35,16 @@ fn kubernetes_configmap_config_passes_check_in_the_projected_layout() {
     let site = Site::new();
     site.cert("web", &["localhost"]);
     site.publish(&config);
+    // The kubelet writes the files as root with the volume's defaultMode
+    // (and group read for the pod's fsGroup): the key must pass as it is,
+    // with no exception in the configuration. Only root can make a file
+    // that root owns.
+    assert!(deployment.contains("defaultMode: 0440"));
+    assert!(!config.contains("allow_insecure_key_permissions"));
+    let key = site.path("certs/web.key");
+    if std::fs::metadata(&key).expect("stat").uid() == 0 {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o440)).expect("chmod");
+    }
     let (code, out, err) = stayup(&["check", "--config", site.config.to_str().expect("utf-8")]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("listener web: 0.0.0.0:8443"), "{out}");

@@ -8,7 +8,7 @@ mod common;
 use common::*;
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Stdio};
 
 fn addr() -> SocketAddr {
@@ -21,7 +21,7 @@ fn check(config: &std::path::Path) -> (i32, String) {
 }
 
 #[test]
-fn key_readable_by_group_or_others_is_refused_unless_allowed() {
+fn key_readable_by_others_or_a_non_root_group_is_refused_unless_allowed() {
     let site = Site::new();
     let pem = site.cert("a", &["localhost"]);
     let key = site.path("certs/a.key");
@@ -30,7 +30,7 @@ fn key_readable_by_group_or_others_is_refused_unless_allowed() {
     let (code, out) = check(&site.config);
     assert_eq!(code, 0, "a 0600 key must pass: {out}");
 
-    for mode in [0o640, 0o604, 0o644] {
+    let refused = |mode: u32| {
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).expect("chmod");
         let (code, out) = check(&site.config);
         assert_eq!(code, 1, "mode {mode:o} accepted: {out}");
@@ -39,7 +39,29 @@ fn key_readable_by_group_or_others_is_refused_unless_allowed() {
         for line in pem.key.lines().filter(|l| !l.starts_with("-----")) {
             assert!(!out.contains(line), "key material in the message");
         }
+    };
+    // Others may never read a key, nor may the group write it.
+    for mode in [0o604, 0o644, 0o660] {
+        refused(mode);
     }
+    if std::fs::metadata(&key).expect("stat").uid() == 0 {
+        // Root's key that only its group may also read (Debian's ssl-cert
+        // group, Kubernetes Secret volumes with defaultMode 0440 and an
+        // fsGroup): accepted.
+        for mode in [0o640, 0o440] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let (code, out) = check(&site.config);
+            assert_eq!(code, 0, "root-owned mode {mode:o} refused: {out}");
+        }
+        // The same mode on a key root does not own is refused.
+        std::os::unix::fs::chown(&key, Some(65534), None).expect("chown");
+        refused(0o640);
+        std::os::unix::fs::chown(&key, Some(0), None).expect("chown");
+    } else {
+        // Not root: the key is the test user's, and its group may not read it.
+        refused(0o640);
+    }
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     site.publish(&format!(
         "{}limits:\n  allow_insecure_key_permissions: true\n",
         simple_config(bind, backend, "a")
