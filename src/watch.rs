@@ -10,8 +10,13 @@
 //! folders), count; a queue overflow (`Rescan`) counts as "anything may have
 //! changed". Opens and read-only closes never count: the reloader's own reads
 //! would otherwise wake the watch again, for ever. If the top-level path is
-//! a symlink into some other folder, re-pointing the symlink is seen at once;
-//! a rename inside that other folder is left to the poll.
+//! a symlink into some other folder (`/etc/stayup/stayup.yaml ->
+//! /srv/deploy/current.yaml`), the folder of every symlink it leads through
+//! and the folder of the file it resolves to are watched too, for those
+//! entries only, so a rename or a re-pointed symlink there is seen as soon as
+//! one in the first folder is. The chain is followed again after every
+//! event that counted. (Kubernetes' `..` folders inside the watched folder
+//! are not added: every change there comes with a swap of `..data`.)
 //!
 //! # Debounce
 //! A reload is requested once the folder has been quiet for `reload.debounce`
@@ -146,6 +151,43 @@ fn file_id(path: &Path) -> std::io::Result<FileId> {
     std::fs::metadata(path).map(|m| (m.dev(), m.ino()))
 }
 
+/// The entries, as (folder, name), that the path leads through after its
+/// own: each symlink it is or points to in turn, each symlinked folder on
+/// the way to those, and the file it resolves to in the end. A rename or a
+/// re-pointed symlink at any of them changes what the path names.
+fn chain(path: &Path) -> Vec<(PathBuf, OsString)> {
+    /// Linux's own limit on symlinks followed in one lookup.
+    const MAX_HOPS: usize = 40;
+    fn add(out: &mut Vec<(PathBuf, OsString)>, p: &Path) {
+        if let (Some(dir), Some(name)) = (p.parent(), p.file_name()) {
+            let entry = (dir.to_path_buf(), name.to_os_string());
+            if !out.contains(&entry) {
+                out.push(entry);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut at = path.to_path_buf();
+    for _ in 0..MAX_HOPS {
+        let Ok(to) = std::fs::read_link(&at) else {
+            break;
+        };
+        // An absolute target replaces the folder; a relative one is taken
+        // from the symlink's folder.
+        at = at.parent().unwrap_or(Path::new("/")).join(to);
+        add(&mut out, &at);
+        for folder in at.ancestors().skip(1) {
+            if std::fs::symlink_metadata(folder).is_ok_and(|m| m.file_type().is_symlink()) {
+                add(&mut out, folder);
+            }
+        }
+    }
+    if let Ok(real) = std::fs::canonicalize(path) {
+        add(&mut out, &real);
+    }
+    out
+}
+
 /// What the top-level path names at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Seen {
@@ -197,7 +239,10 @@ fn drifted(files: &[FileDigest]) -> Vec<(PathBuf, String)> {
 
 /// A live watch on the folder. Dropping it ends the watch.
 struct Armed {
-    _watcher: RecommendedWatcher,
+    watcher: RecommendedWatcher,
+    /// The other folders the path leads through, watched as well, with the
+    /// folder each path led to when its watch was set up.
+    others: Vec<(PathBuf, FileId)>,
     /// The folder the watch is on: if the path later leads elsewhere, the
     /// folder was replaced and the watch must move.
     dir: FileId,
@@ -225,6 +270,8 @@ struct Watch {
     awaiting: bool,
     /// The generation whose referenced files were found changed, and which.
     drift: (u64, Vec<PathBuf>),
+    /// The entries the path leads through after its own (see `chain`).
+    hops: Vec<(PathBuf, OsString)>,
 }
 
 impl Watch {
@@ -244,6 +291,7 @@ impl Watch {
             absent: false,
             awaiting: false,
             drift: (0, Vec::new()),
+            hops: Vec::new(),
         }
     }
 
@@ -290,6 +338,7 @@ impl Watch {
         match arm(&self.target.dir, self.tx.clone()) {
             Ok(armed) => {
                 self.armed = Some(armed);
+                self.follow();
                 if self.unwatched.take().is_some() {
                     tracing::info!(
                         target: "stayup::watch",
@@ -315,6 +364,61 @@ impl Watch {
             }
         }
         self.retick();
+    }
+
+    /// Watches the other folders the path leads through now (and no longer
+    /// the ones it has stopped leading through).
+    fn follow(&mut self) {
+        let Some(armed) = &mut self.armed else {
+            return;
+        };
+        let dir = &self.target.dir;
+        // Kubernetes' `..` folders inside the watched folder change only
+        // with a swap of `..data`, which the watched folder sees.
+        let kubelets = |d: &Path| {
+            d.strip_prefix(dir).is_ok_and(|rest| {
+                rest.components()
+                    .next()
+                    .is_some_and(|c| c.as_os_str().as_encoded_bytes().starts_with(b".."))
+            })
+        };
+        let hops = chain(&self.target.path);
+        // One watch per folder: inotify gives a folder reached by two paths
+        // one watch, and notify would then report it under the wrong one.
+        let mut wanted: Vec<(PathBuf, FileId)> = Vec::new();
+        for (d, _) in hops.iter().filter(|(d, _)| d != dir && !kubelets(d)) {
+            if let Ok(id) = file_id(d)
+                && id != armed.dir
+                && !wanted.iter().any(|(_, seen)| *seen == id)
+            {
+                wanted.push((d.clone(), id));
+            }
+        }
+        // A path that leads to another folder than when it was watched (a
+        // re-pointed symlinked folder) is watched again.
+        for gone in armed.others.iter().filter(|w| !wanted.contains(w)) {
+            // It may be gone already, with its watch.
+            let _ = armed.watcher.unwatch(&gone.0);
+        }
+        let mut others = Vec::new();
+        for w in wanted {
+            if armed.others.contains(&w) {
+                others.push(w);
+                continue;
+            }
+            match armed.watcher.watch(&w.0, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    tracing::debug!(target: "stayup::watch", folder = %w.0.display(), "watching a folder the configuration path leads through");
+                    others.push(w);
+                }
+                // The poll covers what this folder would have shown.
+                Err(e) => {
+                    tracing::debug!(target: "stayup::watch", folder = %w.0.display(), "cannot watch a folder the configuration path leads through: {e}");
+                }
+            }
+        }
+        armed.others = others;
+        self.hops = hops;
     }
 
     fn disarm(&mut self) {
@@ -405,7 +509,14 @@ impl Watch {
         if folder_event {
             self.check_folder();
         }
-        if ev.paths.iter().any(|p| self.target.concerns(p)) {
+        let concerns = |p: &PathBuf| {
+            self.target.concerns(p)
+                || self
+                    .hops
+                    .iter()
+                    .any(|(d, n)| p.parent() == Some(d.as_path()) && p.file_name() == Some(n))
+        };
+        if ev.paths.iter().any(concerns) {
             self.schedule();
         }
     }
@@ -432,6 +543,7 @@ impl Watch {
     /// The quiet period ended: reload unless the path names nothing.
     async fn fire(&mut self) {
         self.pending = None;
+        self.follow();
         let seen = look_async(&self.target.path).await;
         self.seen = Some(seen.clone());
         if self.note_presence(&seen) {
@@ -468,7 +580,10 @@ impl Watch {
         }
         match &self.armed {
             None => self.arm(),
-            Some(_) => self.check_folder(),
+            Some(_) => {
+                self.check_folder();
+                self.follow();
+            }
         }
         if self.pending.is_some() {
             // The watch saw something; its reload will settle it.
@@ -558,7 +673,8 @@ fn arm(dir: &Path, tx: Events) -> Result<Armed, String> {
         .watch(dir, RecursiveMode::NonRecursive)
         .map_err(|e| e.to_string())?;
     Ok(Armed {
-        _watcher: watcher,
+        watcher,
+        others: Vec::new(),
         dir: id,
     })
 }

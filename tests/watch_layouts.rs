@@ -1,6 +1,7 @@
 //! The layouts kubelet and certbot publish: a Kubernetes projected volume updated by
 //! kubelet's AtomicWriter, certbot's `live/` symlinks into `archive/`, and
-//! referenced files changed in place (against the contract).
+//! referenced files changed in place (against the contract); and a
+//! configuration symlinked into a deployment tree elsewhere.
 
 mod common;
 mod watch_support;
@@ -361,6 +362,87 @@ async fn explicit_reloads_racing_atomic_writer_updates_never_mix_publications() 
     assert_eq!(
         fingerprint_at(s.bind, "localhost", site.client()).await,
         pems[last.1].fingerprint()
+    );
+    s.streamer.advance(8 * 1024).await;
+    s.finish().await;
+}
+
+/// `/etc/stayup/stayup.yaml -> /srv/deploy/current/stayup.yaml`, with
+/// `current -> releases/N`: a new file renamed into the release folder, and
+/// `current` re-pointed to the next release, are each seen by the watch
+/// (the poll is off), though neither happens in the configuration's folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_symlinked_into_another_tree_is_watched_along_the_symlinks() {
+    use std::os::unix::fs::symlink;
+    let site = Site::new();
+    let a = site.cert("a", &["localhost"]);
+    let b = site.cert("b", &["localhost"]);
+    let (bind, backend) = endpoints().await;
+    let backend_addr = backend.addr;
+    let yaml = |cert: &str| {
+        watch_yaml(
+            bind,
+            backend_addr,
+            &site
+                .path(&format!("certs/{cert}.pem"))
+                .display()
+                .to_string(),
+            &site
+                .path(&format!("certs/{cert}.key"))
+                .display()
+                .to_string(),
+            &reload_block("0s"),
+            "",
+        )
+    };
+    let deploy = site.path("deploy");
+    let release = |n: u32, text: &str| {
+        let dir = deploy.join(format!("releases/{n}"));
+        std::fs::create_dir_all(&dir).expect("mkdir release");
+        let tmp = dir.join(".stayup.yaml.new");
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, dir.join("stayup.yaml")).expect("rename");
+    };
+    let point_current_at = |n: u32| {
+        let tmp = deploy.join(".current.new");
+        symlink(format!("releases/{n}"), &tmp).expect("symlink");
+        std::fs::rename(&tmp, deploy.join("current")).expect("rename symlink");
+    };
+    release(1, &yaml("a"));
+    point_current_at(1);
+    let etc = site.path("etc");
+    std::fs::create_dir_all(&etc).expect("mkdir etc");
+    let config = etc.join("stayup.yaml");
+    symlink(deploy.join("current/stayup.yaml"), &config).expect("symlink config");
+    let mut s = Served::start(&config, bind, backend, site.client(), &a.fingerprint()).await;
+
+    // A new file renamed into the release folder.
+    release(1, &yaml("b"));
+    let line = expect_outcome(&mut s.d, "committed", "watch").await;
+    assert_eq!(generation_of(&line), 2, "{line}");
+    assert_eq!(
+        fingerprint_at(s.bind, "localhost", site.client()).await,
+        b.fingerprint()
+    );
+
+    // The next release, and `current` re-pointed at it.
+    release(2, &yaml("a"));
+    point_current_at(2);
+    let line = expect_outcome(&mut s.d, "committed", "watch").await;
+    assert_eq!(generation_of(&line), 3, "{line}");
+    assert_eq!(
+        fingerprint_at(s.bind, "localhost", site.client()).await,
+        a.fingerprint()
+    );
+
+    // And a file renamed into that release's folder, now the one watched.
+    release(2, &yaml("b"));
+    let line = expect_outcome(&mut s.d, "committed", "watch").await;
+    assert_eq!(generation_of(&line), 4, "{line}");
+    assert!(
+        automatic_outcomes(&s.d)
+            .iter()
+            .all(|l| !l.contains("trigger=poll"))
     );
     s.streamer.advance(8 * 1024).await;
     s.finish().await;
