@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -426,7 +426,7 @@ async fn handle(
         own.bytes_from_clients.fetch_add(up, Ordering::Relaxed);
         own.bytes_to_clients.fetch_add(down, Ordering::Relaxed);
     };
-    match pipe(&mut tls, &mut upstream, idle, count).await {
+    match crate::pipe::copy_with_idle_timeout(&mut tls, &mut upstream, idle, count).await {
         Ok(_) => {}
         Err(e) if crate::pipe::is_idle_timeout(&e) => {
             tracing::debug!(listener = %listener.name, %peer, "connection closed: idle timeout");
@@ -445,21 +445,6 @@ async fn handle(
             tracing::debug!(listener = %listener.name, %peer, error = %e, "connection ended with an error");
         }
     }
-}
-
-/// Copies both ways until both sides are done (or `idle` passes with no
-/// traffic, when non-zero), without holding copy buffers while idle.
-async fn pipe<A, B>(
-    a: &mut A,
-    b: &mut B,
-    idle: Duration,
-    progress: impl FnMut(u64, u64),
-) -> std::io::Result<(u64, u64)>
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    crate::pipe::copy_with_idle_timeout(a, b, idle, progress).await
 }
 
 #[cfg(test)]

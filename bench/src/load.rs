@@ -57,7 +57,7 @@ pub async fn open(
 
 /// TCP connect and one 64-byte message, no TLS: the same connection as
 /// `open` for a proxy forwarding plain TCP (the floor of the handshake test).
-pub async fn open_plain(addr: SocketAddr, mode: u8) -> std::result::Result<TcpStream, Failure> {
+async fn open_plain(addr: SocketAddr, mode: u8) -> std::result::Result<TcpStream, Failure> {
     let mut tcp = match tokio::time::timeout(OP_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(t)) => t,
         _ => return Err(Failure::Connect),
@@ -91,8 +91,21 @@ pub fn abort(conn: Conn) {
 }
 
 /// `abort` for a connection without TLS.
-pub fn abort_plain(tcp: TcpStream) {
+fn abort_plain(tcp: TcpStream) {
     let _ = tcp.set_zero_linger();
+}
+
+/// One whole connection of the handshake test: `open` (or `open_plain`
+/// when `cfg` is `None`), then `abort`.
+pub async fn once(
+    addr: SocketAddr,
+    cfg: Option<&Arc<ClientConfig>>,
+    mode: u8,
+) -> std::result::Result<(), Failure> {
+    match cfg {
+        Some(cfg) => open(addr, cfg, mode).await.map(abort),
+        None => open_plain(addr, mode).await.map(abort_plain),
+    }
 }
 
 #[derive(Debug, Default)]
@@ -155,11 +168,7 @@ impl HandshakeLoad {
                 let (counts, stop, cfg) = (counts.clone(), stop.clone(), cfg.cloned());
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
-                        let outcome = match &cfg {
-                            Some(cfg) => open(addr, cfg, b'O').await.map(abort),
-                            None => open_plain(addr, b'O').await.map(abort_plain),
-                        };
-                        match outcome {
+                        match once(addr, cfg.as_ref(), b'O').await {
                             Ok(()) => {
                                 counts.ok.fetch_add(1, Ordering::Relaxed);
                             }

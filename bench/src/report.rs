@@ -321,14 +321,9 @@ pub fn render(r: &Results, s: &Settings) -> (String, String) {
         ) {
             let us = |per_cpu_s: f64| 1e6 / per_cpu_s;
             let (floor_us, hs_us) = (us(f), us(c.handshakes_per_cpu_s));
-            let bound = 1e6 / (floor_us + hs_us);
-            let best_peer = r
-                .systems
-                .iter()
-                .filter(|x| x.name != "stayup")
-                .filter_map(|x| x.handshakes_per_cpu_s)
-                .fold(0.0_f64, f64::max);
             let floor_and_handshake = floor_us + hs_us;
+            let bound = 1e6 / floor_and_handshake;
+            let best_peer = best(&peers, |x| x.handshakes_per_cpu_s, true).map_or(0.0, |(v, _)| v);
             let (need_ceiling, need_peer) = (us(0.7 * c.handshakes_per_cpu_s), us(2.5 * best_peer));
             let verdict = match (
                 need_ceiling < floor_and_handshake,

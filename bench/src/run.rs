@@ -509,8 +509,9 @@ async fn echo_in_turns(systems: &mut [SystemResult], env: &Env, s: &Settings) {
     for round in 1..=s.echo_rounds.max(1) {
         // Each round starts with another system, so that none is always
         // measured right after the same neighbour.
-        let n = turns.len().max(1);
-        turns.rotate_left(usize::from(round > 1) % n);
+        if round > 1 && !turns.is_empty() {
+            turns.rotate_left(1);
+        }
         for t in turns.iter_mut().filter(|t| !t.failed) {
             for (i, conns) in CONNS.into_iter().enumerate() {
                 match echo_round(&t.proxy, env, s, conns).await {

@@ -358,16 +358,8 @@ impl Proxy {
                     self.log_tail()
                 );
             }
-            let served = if self.kind == Kind::NginxPlain {
-                crate::load::open_plain(self.addr, b'E')
-                    .await
-                    .map(crate::load::abort_plain)
-            } else {
-                crate::load::open(self.addr, cfg, b'E')
-                    .await
-                    .map(crate::load::abort)
-            };
-            if served.is_ok() {
+            let tls = (self.kind != Kind::NginxPlain).then_some(cfg);
+            if crate::load::once(self.addr, tls, b'E').await.is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline {
