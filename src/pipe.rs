@@ -9,6 +9,11 @@
 //! moved to the heap, and that spill is freed as soon as it is written. An
 //! idle connection owns no copy buffer at all.
 //!
+//! A writer is flushed once per burst: when the reader has nothing more for
+//! now, or (by the shutdown) when it has ended. A writer that queues its
+//! writes until the flush (the client's TLS stream, `batch`) thus sends a
+//! burst in one system call, and the last bytes with its end.
+//!
 //! The idle timer is re-armed lazily: it fires at most once per `idle`
 //! period, and then checks when the last byte was read.
 
@@ -143,6 +148,7 @@ impl Half {
             // Gather whatever else is readable already (more TLS records), so
             // that one write carries it all: fewer writes, and fewer wake-ups
             // of the process reading the other end.
+            let mut drained = false;
             while buf.remaining() > 0 {
                 let before = buf.filled().len();
                 match Pin::new(&mut *r).poll_read(cx, &mut buf) {
@@ -152,10 +158,23 @@ impl Half {
                         break;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => break,
+                    Poll::Pending => {
+                        drained = true;
+                        break;
+                    }
                 }
             }
             ready!(self.write_all_or_spill(cx, w, buf.filled()))?;
+            // The burst is over and the reader will wake us: send it now
+            // rather than after one more read that would find nothing. When
+            // the reader ended instead, the shutdown (next turn) sends the
+            // last bytes and the writer's end together: for TLS, the last
+            // records and the close_notify in one segment.
+            if drained {
+                ready!(Pin::new(&mut *w).poll_flush(cx))?;
+                self.need_flush = false;
+                return Poll::Pending;
+            }
         }
     }
 }

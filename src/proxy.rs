@@ -426,7 +426,10 @@ async fn handle(
         own.bytes_from_clients.fetch_add(up, Ordering::Relaxed);
         own.bytes_to_clients.fetch_add(down, Ordering::Relaxed);
     };
-    match crate::pipe::copy_with_idle_timeout(&mut tls, &mut upstream, idle, count).await {
+    // Writes to the client are sent a burst at a time, and the last ones
+    // with the close_notify (see `batch`).
+    let mut client = crate::batch::BatchedTls(&mut tls);
+    match crate::pipe::copy_with_idle_timeout(&mut client, &mut upstream, idle, count).await {
         Ok(_) => {}
         Err(e) if crate::pipe::is_idle_timeout(&e) => {
             tracing::debug!(listener = %listener.name, %peer, "connection closed: idle timeout");
