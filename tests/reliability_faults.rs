@@ -11,47 +11,74 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
 
 fn addr() -> SocketAddr {
     format!("127.0.0.1:{}", free_port()).parse().expect("addr")
 }
 
+/// A daemon in front of a faulty backend, next to a healthy one: the
+/// listener `web` forwards to the backend under test, `api` to an echo
+/// backend with a connection already streaming through it. Each fault must
+/// stay within `web`'s connections and leave that stream intact.
+struct BesideHealthy {
+    site: Site,
+    web: SocketAddr,
+    d: Daemon,
+    streamer: Streamer,
+    _healthy: EchoBackend,
+}
+
+impl BesideHealthy {
+    async fn start(faulty: SocketAddr) -> BesideHealthy {
+        let site = Site::new();
+        let healthy = EchoBackend::start().await;
+        site.cert("a", &["localhost"]);
+        let (web, api) = (addr(), addr());
+        site.publish(&format!(
+            "listeners:\n{}{}reload:\n  watch: false\n",
+            listener_yaml("web", web, faulty, &["a"]),
+            listener_yaml("api", api, healthy.addr, &["a"]),
+        ));
+        let d = Daemon::start(&site.config).await;
+        let streamer = streamer_at(api, "localhost", site.client()).await;
+        BesideHealthy {
+            site,
+            web,
+            d,
+            streamer,
+            _healthy: healthy,
+        }
+    }
+}
+
+/// A new client connection to the listener at `bind`, its TLS handshake
+/// done.
+async fn handshake(site: &Site, bind: SocketAddr) -> TlsStream<TcpStream> {
+    tokio::time::timeout(WAIT, connect(bind, "localhost", site.client()))
+        .await
+        .expect("connect timed out")
+        .expect("handshake")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_down_closes_clients_cleanly_and_is_counted() {
-    let site = Site::new();
-    let echo = EchoBackend::start().await;
-    site.cert("a", &["localhost"]);
-    let (web, api, down) = (addr(), addr(), addr());
-    site.publish(&format!(
-        "listeners:\n{}{}reload:\n  watch: false\n",
-        listener_yaml("web", web, down, &["a"]),
-        listener_yaml("api", api, echo.addr, &["a"]),
-    ));
-    let d = Daemon::start(&site.config).await;
-    let streamer = Streamer::start(
-        tokio::time::timeout(WAIT, connect(api, "localhost", site.client()))
-            .await
-            .expect("connect timed out")
-            .expect("connect"),
-    );
-    streamer.advance(4096).await;
+    // Nothing listens at the faulty backend's address.
+    let f = BesideHealthy::start(addr()).await;
 
     for _ in 0..3 {
-        let mut s = tokio::time::timeout(WAIT, connect(web, "localhost", site.client()))
-            .await
-            .expect("connect timed out")
-            .expect("handshake");
+        let mut s = handshake(&f.site, f.web).await;
         let got = read_to_close(&mut s).await.expect("clean close");
         assert!(got.is_empty());
     }
-    wait_counter(&site.config, "/connections/backend_failures", 3).await;
-    streamer.advance(16 * 1024).await;
-    streamer
+    wait_counter(&f.site.config, "/connections/backend_failures", 3).await;
+    f.streamer.advance(16 * 1024).await;
+    f.streamer
         .finish()
         .await
         .expect("a connection to the healthy backend broke");
-    assert!(d.stop().await.success());
+    assert!(f.d.stop().await.success());
 }
 
 /// A backend that echoes `limit` bytes and then closes the connection.
@@ -74,30 +101,10 @@ async fn closing_backend(limit: usize) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_closing_mid_stream_ends_only_that_connection_cleanly() {
-    let site = Site::new();
-    let echo = EchoBackend::start().await;
-    let closing = closing_backend(1000).await;
-    site.cert("a", &["localhost"]);
-    let (web, api) = (addr(), addr());
-    site.publish(&format!(
-        "listeners:\n{}{}reload:\n  watch: false\n",
-        listener_yaml("web", web, closing, &["a"]),
-        listener_yaml("api", api, echo.addr, &["a"]),
-    ));
-    let d = Daemon::start(&site.config).await;
-    let streamer = Streamer::start(
-        tokio::time::timeout(WAIT, connect(api, "localhost", site.client()))
-            .await
-            .expect("connect timed out")
-            .expect("connect"),
-    );
-    streamer.advance(4096).await;
+    let f = BesideHealthy::start(closing_backend(1000).await).await;
 
     for round in 0..3 {
-        let mut s = tokio::time::timeout(WAIT, connect(web, "localhost", site.client()))
-            .await
-            .expect("connect timed out")
-            .expect("handshake");
+        let mut s = handshake(&f.site, f.web).await;
         let msg: Vec<u8> = (0..1000u32).map(|i| (i * 7 + round) as u8).collect();
         s.write_all(&msg).await.expect("write");
         let got = read_to_close(&mut s)
@@ -105,9 +112,9 @@ async fn backend_closing_mid_stream_ends_only_that_connection_cleanly() {
             .expect("a clean close (close_notify) after the backend left");
         assert_eq!(got, msg, "round {round}: bytes lost or corrupted");
     }
-    streamer.advance(16 * 1024).await;
-    streamer.finish().await.expect("another connection broke");
-    assert!(d.stop().await.success());
+    f.streamer.advance(16 * 1024).await;
+    f.streamer.finish().await.expect("another connection broke");
+    assert!(f.d.stop().await.success());
 }
 
 /// A backend that aborts: it sends `reply`, waits for the word to go, and
@@ -137,10 +144,7 @@ async fn backend_reset_reaches_the_client_as_a_truncation_not_a_clean_close() {
         listener_yaml("web", bind, backend, &["a"]),
     ));
     let d = Daemon::start(&site.config).await;
-    let mut s = tokio::time::timeout(WAIT, connect(bind, "localhost", site.client()))
-        .await
-        .expect("connect timed out")
-        .expect("handshake");
+    let mut s = handshake(&site, bind).await;
     let mut got = [0u8; 11];
     tokio::time::timeout(WAIT, s.read_exact(&mut got))
         .await

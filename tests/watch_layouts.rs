@@ -6,8 +6,41 @@
 mod common;
 mod watch_support;
 
+use std::net::SocketAddr;
+
 use common::*;
+use stayup::pki::Pem;
 use watch_support::*;
+
+/// The configuration a projected volume holds: the watch on (poll 30 s),
+/// the pair next to it as `tls.crt` and `tls.key`, and a comment with
+/// `version` so that each publication's bytes differ.
+fn volume_yaml(bind: SocketAddr, backend: SocketAddr, version: usize) -> String {
+    watch_yaml(
+        bind,
+        backend,
+        "tls.crt",
+        "tls.key",
+        &reload_block("30s"),
+        &format!("# version {version}\n"),
+    )
+}
+
+/// A pod's view: the projected volume `vol/` of `site`, first published
+/// with `yaml` and `pem`, and a daemon started on its `config.yaml`.
+async fn serve_volume(
+    site: &Site,
+    yaml: &str,
+    pem: &Pem,
+    bind: SocketAddr,
+    backend: EchoBackend,
+) -> (Projected, Served) {
+    let vol = Projected::new(site.path("vol"));
+    vol.publish(yaml, pem);
+    let config = vol.dir.join("config.yaml");
+    let served = Served::start(&config, bind, backend, site.client(), &pem.fingerprint()).await;
+    (vol, served)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_atomic_writer_updates_are_each_picked_up() {
@@ -17,49 +50,20 @@ async fn kubernetes_atomic_writer_updates_are_each_picked_up() {
         .map(|n| site.cert(n, &["localhost"]))
         .collect();
     let (bind, backend) = endpoints().await;
-    let vol = Projected::new(site.path("vol"));
     let backend_addr = backend.addr;
-    let config = |version: u32| {
-        watch_yaml(
-            bind,
-            backend_addr,
-            "tls.crt",
-            "tls.key",
-            &reload_block("30s"),
-            &format!("# version {version}\n"),
-        )
-    };
-    let publish = |yaml: &str, pem: &stayup::pki::Pem| {
-        vol.update(&[
-            ("config.yaml", yaml.as_bytes(), 0o644),
-            ("tls.crt", pem.cert.as_bytes(), 0o644),
-            ("tls.key", pem.key.as_bytes(), 0o600),
-        ]);
-    };
-    publish(&config(1), &pems[0]);
-    let config_path = vol.dir.join("config.yaml");
-    let mut s = Served::start(
-        &config_path,
-        bind,
-        backend,
-        site.client(),
-        &pems[0].fingerprint(),
-    )
-    .await;
+    let config = |version| volume_yaml(bind, backend_addr, version);
+    let (vol, mut s) = serve_volume(&site, &config(1), &pems[0], bind, backend).await;
 
     // Three updates in a row, each changing the configuration and the pair.
     for (i, pem) in pems[1..].iter().enumerate() {
-        let yaml = config(i as u32 + 2);
-        publish(&yaml, pem);
-        let line = expect_outcome(&mut s.d, "committed", "watch").await;
-        assert_eq!(generation_of(&line), i as u64 + 2, "{line}");
+        let yaml = config(i + 2);
+        vol.publish(&yaml, pem);
+        let line = s
+            .expect_watch_commit(i as u64 + 2, pem, site.client())
+            .await;
         assert!(
             line.contains(&format!("source={}", sha_hex(yaml.as_bytes()))),
             "{line}"
-        );
-        assert_eq!(
-            fingerprint_at(s.bind, "localhost", site.client()).await,
-            pem.fingerprint()
         );
         s.streamer.advance(8 * 1024).await;
     }
@@ -67,25 +71,19 @@ async fn kubernetes_atomic_writer_updates_are_each_picked_up() {
     // A renewal: config.yaml byte-identical, only the certificate and key
     // changed behind the `..data` swap. A real change: committed.
     let same = config(4);
-    publish(&same, &pems[0]);
-    let line = expect_outcome(&mut s.d, "committed", "watch").await;
-    assert_eq!(generation_of(&line), 5, "{line}");
+    vol.publish(&same, &pems[0]);
+    let line = s.expect_watch_commit(5, &pems[0], site.client()).await;
     assert!(
         line.contains(&format!("source={}", sha_hex(same.as_bytes()))),
         "{line}"
     );
     assert!(line.contains("certificate-swapped"), "{line}");
-    assert_eq!(
-        fingerprint_at(s.bind, "localhost", site.client()).await,
-        pems[0].fingerprint()
-    );
 
     // And the same payload once more: the path names new files with the
     // same bytes, so nothing is made.
-    publish(&same, &pems[0]);
+    vol.publish(&same, &pems[0]);
     let line = expect_outcome(&mut s.d, "unchanged", "watch").await;
     assert_eq!(generation_of(&line), 5, "{line}");
-    s.streamer.advance(8 * 1024).await;
     s.finish().await;
 }
 
@@ -197,25 +195,12 @@ async fn certbot_symlink_flips_are_reported_not_reloaded() {
         "{}",
         s.d.output()
     );
-    s.streamer.advance(8 * 1024).await;
     s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_referenced_file_changed_in_place_is_reported_not_reloaded() {
-    let site = Site::new();
-    let a = site.cert("a", &["localhost"]);
-    let b = site.cert("b", &["localhost"]);
-    let (bind, backend) = endpoints().await;
-    site.publish(&watch_yaml(
-        bind,
-        backend.addr,
-        "certs/a.pem",
-        "certs/a.key",
-        &reload_block("300ms"),
-        "",
-    ));
-    let mut s = Served::start(&site.config, bind, backend, site.client(), &a.fingerprint()).await;
+    let (site, mut s, [a, b, _]) = site_serving_a("300ms").await;
 
     // Overwrite a's certificate and key in place with b's.
     write_in_place(&site.path("certs/a.pem"), b.cert.as_bytes());
@@ -257,7 +242,6 @@ async fn a_referenced_file_changed_in_place_is_reported_not_reloaded() {
         fingerprint_at(s.bind, "localhost", site.client()).await,
         b.fingerprint()
     );
-    s.streamer.advance(8 * 1024).await;
     s.finish().await;
 }
 
@@ -273,19 +257,8 @@ async fn explicit_reloads_racing_atomic_writer_updates_never_mix_publications() 
         .map(|i| site.cert(&format!("p{i}"), &["localhost"]))
         .collect();
     let (bind, backend) = endpoints().await;
-    let vol = Projected::new(site.path("vol"));
     let versions: Vec<(String, usize)> = (0..40)
-        .map(|v| {
-            let yaml = watch_yaml(
-                bind,
-                backend.addr,
-                "tls.crt",
-                "tls.key",
-                &reload_block("30s"),
-                &format!("# version {v}\n"),
-            );
-            (yaml, v % pems.len())
-        })
+        .map(|v| (volume_yaml(bind, backend.addr, v), v % pems.len()))
         .collect();
     // Which certificate each configuration was published with.
     let expected: std::collections::HashMap<String, String> = versions
@@ -297,23 +270,7 @@ async fn explicit_reloads_racing_atomic_writer_updates_never_mix_publications() 
             )
         })
         .collect();
-    let update = |vol: &Projected, (yaml, p): &(String, usize)| {
-        vol.update(&[
-            ("config.yaml", yaml.as_bytes(), 0o644),
-            ("tls.crt", pems[*p].cert.as_bytes(), 0o644),
-            ("tls.key", pems[*p].key.as_bytes(), 0o600),
-        ]);
-    };
-    update(&vol, &versions[0]);
-    let config_path = vol.dir.join("config.yaml");
-    let mut s = Served::start(
-        &config_path,
-        bind,
-        backend,
-        site.client(),
-        &pems[0].fingerprint(),
-    )
-    .await;
+    let (vol, mut s) = serve_volume(&site, &versions[0].0, &pems[0], bind, backend).await;
 
     let last = versions[versions.len() - 1].clone();
     let writer = {
@@ -322,11 +279,7 @@ async fn explicit_reloads_racing_atomic_writer_updates_never_mix_publications() 
         std::thread::spawn(move || {
             let vol = Projected { dir };
             for (yaml, p) in &versions[1..] {
-                vol.update(&[
-                    ("config.yaml", yaml.as_bytes(), 0o644),
-                    ("tls.crt", pems[*p].cert.as_bytes(), 0o644),
-                    ("tls.key", pems[*p].key.as_bytes(), 0o600),
-                ]);
+                vol.publish(yaml, &pems[*p]);
                 std::thread::sleep(std::time::Duration::from_millis(3));
             }
         })
@@ -363,7 +316,6 @@ async fn explicit_reloads_racing_atomic_writer_updates_never_mix_publications() 
         fingerprint_at(s.bind, "localhost", site.client()).await,
         pems[last.1].fingerprint()
     );
-    s.streamer.advance(8 * 1024).await;
     s.finish().await;
 }
 
@@ -418,22 +370,12 @@ async fn a_config_symlinked_into_another_tree_is_watched_along_the_symlinks() {
 
     // A new file renamed into the release folder.
     release(1, &yaml("b"));
-    let line = expect_outcome(&mut s.d, "committed", "watch").await;
-    assert_eq!(generation_of(&line), 2, "{line}");
-    assert_eq!(
-        fingerprint_at(s.bind, "localhost", site.client()).await,
-        b.fingerprint()
-    );
+    s.expect_watch_commit(2, &b, site.client()).await;
 
     // The next release, and `current` re-pointed at it.
     release(2, &yaml("a"));
     point_current_at(2);
-    let line = expect_outcome(&mut s.d, "committed", "watch").await;
-    assert_eq!(generation_of(&line), 3, "{line}");
-    assert_eq!(
-        fingerprint_at(s.bind, "localhost", site.client()).await,
-        a.fingerprint()
-    );
+    s.expect_watch_commit(3, &a, site.client()).await;
 
     // And a file renamed into that release's folder, now the one watched.
     release(2, &yaml("b"));
@@ -444,6 +386,5 @@ async fn a_config_symlinked_into_another_tree_is_watched_along_the_symlinks() {
             .iter()
             .all(|l| !l.contains("trigger=poll"))
     );
-    s.streamer.advance(8 * 1024).await;
     s.finish().await;
 }

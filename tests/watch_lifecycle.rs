@@ -73,35 +73,13 @@ async fn the_folder_removed_and_recreated_is_watched_again() {
     // The new folder is watched: only the watch can pick this up in time
     // (the poll is 30 s away, longer than any wait).
     publish(&to_a);
-    let line = expect_outcome(&mut s.d, "committed", "watch").await;
-    assert_eq!(generation_of(&line), 3, "{line}");
-    assert_eq!(
-        fingerprint_at(s.bind, "localhost", site.client()).await,
-        a.fingerprint()
-    );
-    s.streamer.advance(8 * 1024).await;
+    s.expect_watch_commit(3, &a, site.client()).await;
     s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_absent_config_keeps_serving_and_is_loaded_when_it_returns() {
-    let site = Site::new();
-    let a = site.cert("a", &["localhost"]);
-    let b = site.cert("b", &["localhost"]);
-    let (bind, backend) = endpoints().await;
-    let yaml = |cert: &str| {
-        watch_yaml(
-            bind,
-            backend.addr,
-            &format!("certs/{cert}.pem"),
-            &format!("certs/{cert}.key"),
-            &reload_block("30s"),
-            "",
-        )
-    };
-    site.publish(&yaml("a"));
-    let to_b = yaml("b");
-    let mut s = Served::start(&site.config, bind, backend, site.client(), &a.fingerprint()).await;
+    let (site, mut s, [a, b, _]) = site_serving_a("30s").await;
 
     std::fs::remove_file(&site.config).expect("rm config");
     let warning = s.d.wait_for("is absent").await;
@@ -127,48 +105,19 @@ async fn an_absent_config_keeps_serving_and_is_loaded_when_it_returns() {
     );
     s.streamer.advance(8 * 1024).await;
 
-    site.publish(&to_b);
-    let line = expect_outcome(&mut s.d, "committed", "watch").await;
-    assert_eq!(generation_of(&line), 2, "{line}");
+    site.publish(&s.config_for("b", "30s"));
+    s.expect_watch_commit(2, &b, site.client()).await;
     assert!(s.d.output().contains("is back"), "{}", s.d.output());
-    assert_eq!(
-        fingerprint_at(s.bind, "localhost", site.client()).await,
-        b.fingerprint()
-    );
-    s.streamer.advance(8 * 1024).await;
     s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_settings_of_a_committed_generation_take_effect() {
-    let site = Site::new();
-    let certs: Vec<_> = ["a", "b", "c"]
-        .iter()
-        .map(|n| site.cert(n, &["localhost"]))
-        .collect();
-    let (bind, backend) = endpoints().await;
-    let addr = backend.addr;
-    let yaml = |cert: &str, reload: &str| {
-        watch_yaml(
-            bind,
-            addr,
-            &format!("certs/{cert}.pem"),
-            &format!("certs/{cert}.key"),
-            reload,
-            "",
-        )
-    };
+    let (site, mut s, [a, b, _]) = site_serving_a("0").await;
+    let (bind, backend_addr) = (s.bind, s.backend.addr);
+    let yaml = |cert: &str, reload: &str| cert_yaml(bind, backend_addr, cert, reload);
     let off = "  watch: false\n";
     let faster = "  watch: true\n  debounce: 100ms\n  poll: 300ms\n";
-    site.publish(&yaml("a", &reload_block("0")));
-    let mut s = Served::start(
-        &site.config,
-        bind,
-        backend,
-        site.client(),
-        &certs[0].fingerprint(),
-    )
-    .await;
 
     // The watch turns itself off.
     site.publish(&yaml("a", off));
@@ -190,7 +139,7 @@ async fn reload_settings_of_a_committed_generation_take_effect() {
     );
     assert_eq!(
         fingerprint_at(s.bind, "localhost", site.client()).await,
-        certs[0].fingerprint()
+        a.fingerprint()
     );
     // ...but SIGHUP works.
     let line = s.d.reload().await;
@@ -201,7 +150,7 @@ async fn reload_settings_of_a_committed_generation_take_effect() {
     assert_eq!(generation_of(&line), 3, "{line}");
     assert_eq!(
         fingerprint_at(s.bind, "localhost", site.client()).await,
-        certs[1].fingerprint()
+        b.fingerprint()
     );
 
     // Turned back on by an explicit reload, with new debounce and poll.
@@ -223,13 +172,7 @@ async fn reload_settings_of_a_committed_generation_take_effect() {
     s.d.wait_for("poll: top-level file unchanged").await;
 
     site.publish(&yaml("a", faster));
-    let line = expect_outcome(&mut s.d, "committed", "watch").await;
-    assert_eq!(generation_of(&line), 5, "{line}");
-    assert_eq!(
-        fingerprint_at(s.bind, "localhost", site.client()).await,
-        certs[0].fingerprint()
-    );
-    s.streamer.advance(8 * 1024).await;
+    s.expect_watch_commit(5, &a, site.client()).await;
     s.finish().await;
 }
 
@@ -243,18 +186,7 @@ async fn an_unwatchable_folder_falls_back_to_polling() {
     let a = site.cert("a", &["localhost"]);
     let b = site.cert("b", &["localhost"]);
     let (bind, backend) = endpoints().await;
-    let yaml = |cert: &str| {
-        watch_yaml(
-            bind,
-            backend.addr,
-            &format!("certs/{cert}.pem"),
-            &format!("certs/{cert}.key"),
-            &reload_block("30s"),
-            "",
-        )
-    };
-    site.publish(&yaml("a"));
-    let to_b = yaml("b");
+    site.publish(&cert_yaml(bind, backend.addr, "a", &reload_block("30s")));
     let dir = site.path("");
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o311)).expect("chmod 0311");
 
@@ -276,14 +208,9 @@ async fn an_unwatchable_folder_falls_back_to_polling() {
     d.wait_for("stayup ready").await;
     let mut s = Served::attach(d, bind, backend, site.client(), &a.fingerprint()).await;
 
-    site.publish(&to_b);
-    let line = expect_outcome(&mut s.d, "committed", "poll").await;
-    assert_eq!(generation_of(&line), 2, "{line}");
-    assert_eq!(
-        fingerprint_at(s.bind, "localhost", site.client()).await,
-        b.fingerprint()
-    );
-    s.streamer.advance(8 * 1024).await;
+    site.publish(&s.config_for("b", "30s"));
+    s.expect_reload("committed", "poll", 2, &b, site.client())
+        .await;
     s.finish().await;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod back");
 }
@@ -292,29 +219,14 @@ async fn an_unwatchable_folder_falls_back_to_polling() {
 /// the watcher waits for quiet and does not queue reloads in front of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explicit_reloads_are_answered_during_a_storm() {
-    let site = Site::new();
-    let a = site.cert("a", &["localhost"]);
-    let b = site.cert("b", &["localhost"]);
-    let (bind, backend) = endpoints().await;
-    let yaml = |cert: &str, i: usize| {
-        format!(
-            "# {i}\n{}",
-            watch_yaml(
-                bind,
-                backend.addr,
-                &format!("certs/{cert}.pem"),
-                &format!("certs/{cert}.key"),
-                &reload_block("30s"),
-                "",
-            )
-        )
-    };
-    site.publish(&yaml("a", 0));
+    let (site, mut s, [_, b, _]) = site_serving_a("30s").await;
     let configs: Vec<String> = (1..=149)
-        .map(|i| yaml(if i % 2 == 0 { "a" } else { "b" }, i))
+        .map(|i| {
+            let cert = if i % 2 == 0 { "a" } else { "b" };
+            format!("# {i}\n{}", s.config_for(cert, "30s"))
+        })
         .collect();
     let last = configs[configs.len() - 1].clone();
-    let mut s = Served::start(&site.config, bind, backend, site.client(), &a.fingerprint()).await;
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (dir, target, halt) = (site.path(""), site.config.clone(), stop.clone());
@@ -363,6 +275,5 @@ async fn explicit_reloads_are_answered_during_a_storm() {
         fingerprint_at(s.bind, "localhost", site.client()).await,
         b.fingerprint()
     );
-    s.streamer.advance(8 * 1024).await;
     s.finish().await;
 }

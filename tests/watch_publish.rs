@@ -8,43 +8,10 @@ mod watch_support;
 use common::*;
 use watch_support::*;
 
-/// Starts a daemon on a site whose configuration serves certificate `a`,
-/// with the watch on; certificates `b` and `c` are ready to publish.
-async fn site_serving_a(poll: &str) -> (Site, Served, [stayup::pki::Pem; 3]) {
-    let site = Site::new();
-    let a = site.cert("a", &["localhost"]);
-    let b = site.cert("b", &["localhost"]);
-    let c = site.cert("c", &["localhost"]);
-    let (bind, backend) = endpoints().await;
-    site.publish(&config_for(&site, bind, &backend, "a", poll));
-    let served = Served::start(&site.config, bind, backend, site.client(), &a.fingerprint()).await;
-    (site, served, [a, b, c])
-}
-
-fn config_for(
-    _site: &Site,
-    bind: std::net::SocketAddr,
-    backend: &EchoBackend,
-    cert: &str,
-    poll: &str,
-) -> String {
-    watch_yaml(
-        bind,
-        backend.addr,
-        &format!("certs/{cert}.pem"),
-        &format!("certs/{cert}.key"),
-        &reload_block(poll),
-        "",
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mv_of_a_new_file_over_the_config() {
     let (site, mut s, [_, b, _]) = site_serving_a("30s").await;
-    let new = site.write(
-        "incoming/stayup.yaml",
-        config_for(&site, s.bind, &s.backend, "b", "30s"),
-    );
+    let new = site.write("incoming/stayup.yaml", s.config_for("b", "30s"));
     let ok = std::process::Command::new("mv")
         .arg(&new)
         .arg(&site.config)
@@ -52,14 +19,8 @@ async fn mv_of_a_new_file_over_the_config() {
         .expect("run mv")
         .success();
     assert!(ok, "mv failed");
-    let line = expect_outcome(&mut s.d, "committed", "watch").await;
-    assert_eq!(generation_of(&line), 2, "{line}");
+    let line = s.expect_watch_commit(2, &b, site.client()).await;
     assert!(line.contains("certificate-swapped"), "{line}");
-    assert_eq!(
-        fingerprint_at(s.bind, "localhost", site.client()).await,
-        b.fingerprint()
-    );
-    s.streamer.advance(8 * 1024).await;
     s.finish().await;
 }
 
@@ -76,30 +37,15 @@ async fn sed_in_place_edit_is_a_temp_file_and_rename() {
         .expect("run sed")
         .success();
     assert!(ok, "sed failed");
-    let line = expect_outcome(&mut s.d, "committed", "watch").await;
-    assert_eq!(generation_of(&line), 2, "{line}");
-    assert_eq!(
-        fingerprint_at(s.bind, "localhost", site.client()).await,
-        b.fingerprint()
-    );
-    s.streamer.advance(8 * 1024).await;
+    s.expect_watch_commit(2, &b, site.client()).await;
     s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_in_place_is_picked_up() {
     let (site, mut s, [_, b, _]) = site_serving_a("30s").await;
-    write_in_place(
-        &site.config,
-        config_for(&site, s.bind, &s.backend, "b", "30s").as_bytes(),
-    );
-    let line = expect_outcome(&mut s.d, "committed", "watch").await;
-    assert_eq!(generation_of(&line), 2, "{line}");
-    assert_eq!(
-        fingerprint_at(s.bind, "localhost", site.client()).await,
-        b.fingerprint()
-    );
-    s.streamer.advance(8 * 1024).await;
+    write_in_place(&site.config, s.config_for("b", "30s").as_bytes());
+    s.expect_watch_commit(2, &b, site.client()).await;
     s.finish().await;
 }
 
@@ -107,7 +53,7 @@ async fn write_in_place_is_picked_up() {
 async fn a_partial_write_in_place_never_commits() {
     use std::io::Write;
     let (site, mut s, [a, b, _]) = site_serving_a("30s").await;
-    let full = config_for(&site, s.bind, &s.backend, "b", "30s");
+    let full = s.config_for("b", "30s");
     // Cut inside the quoted backend address: the first part alone is not
     // valid YAML.
     let cut = full.find("backend: \"").expect("backend line") + 14;
@@ -123,28 +69,18 @@ async fn a_partial_write_in_place_never_commits() {
     // The writer pauses (longer than the debounce, which is what this waits
     // for): the half-written file is read and rejected, the old generation
     // keeps serving.
-    let line = expect_outcome(&mut s.d, "rejected", "watch").await;
-    assert_eq!(generation_of(&line), 1, "{line}");
-    assert_eq!(
-        fingerprint_at(s.bind, "localhost", site.client()).await,
-        a.fingerprint()
-    );
+    s.expect_reload("rejected", "watch", 1, &a, site.client())
+        .await;
     s.streamer.advance(8 * 1024).await;
 
     f.write_all(&full.as_bytes()[cut..])
         .expect("write the rest");
     drop(f);
-    let line = expect_outcome(&mut s.d, "committed", "watch").await;
-    assert_eq!(generation_of(&line), 2, "{line}");
+    let line = s.expect_watch_commit(2, &b, site.client()).await;
     assert!(
         line.contains(&format!("source={}", sha_hex(full.as_bytes()))),
         "{line}"
     );
-    assert_eq!(
-        fingerprint_at(s.bind, "localhost", site.client()).await,
-        b.fingerprint()
-    );
-    s.streamer.advance(8 * 1024).await;
     s.finish().await;
 }
 
@@ -154,12 +90,8 @@ async fn the_same_content_renamed_into_place_makes_no_generation() {
     let same = std::fs::read_to_string(&site.config).expect("read config");
     site.publish(&same);
     // Logged at debug for watch-triggered reloads.
-    let line = expect_outcome(&mut s.d, "unchanged", "watch").await;
-    assert_eq!(generation_of(&line), 1, "{line}");
-    assert_eq!(
-        fingerprint_at(s.bind, "localhost", site.client()).await,
-        a.fingerprint()
-    );
+    s.expect_reload("unchanged", "watch", 1, &a, site.client())
+        .await;
     // An explicit reload afterwards is unchanged too: still generation 1.
     let line = s.d.reload().await;
     assert!(
@@ -167,7 +99,6 @@ async fn the_same_content_renamed_into_place_makes_no_generation() {
         "{line}"
     );
     assert_eq!(generation_of(&line), 1, "{line}");
-    s.streamer.advance(8 * 1024).await;
     s.finish().await;
 }
 
@@ -181,10 +112,7 @@ async fn a_hundred_renames_in_a_second_commit_a_few_generations_ending_with_the_
                 i if i % 2 == 0 => "b",
                 _ => "a",
             };
-            format!(
-                "# publication {i}\n{}",
-                config_for(&site, s.bind, &s.backend, cert, "30s")
-            )
+            format!("# publication {i}\n{}", s.config_for(cert, "30s"))
         })
         .collect();
     let last = configs[99].clone();
@@ -233,6 +161,5 @@ async fn a_hundred_renames_in_a_second_commit_a_few_generations_ending_with_the_
         fingerprint_at(s.bind, "localhost", site.client()).await,
         c.fingerprint()
     );
-    s.streamer.advance(8 * 1024).await;
     s.finish().await;
 }

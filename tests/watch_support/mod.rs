@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use stayup::pki::Pem;
+
 use crate::common::*;
 
 /// A configuration with one listener and the watch on, logging at debug so
@@ -29,6 +31,19 @@ pub fn watch_yaml(
 /// `reload:` settings: watch on, 200 ms debounce, the given poll.
 pub fn reload_block(poll: &str) -> String {
     format!("  watch: true\n  debounce: 200ms\n  poll: {poll}\n")
+}
+
+/// [`watch_yaml`] serving the site's `certs/<cert>.pem` and `.key` with the
+/// given `reload:` settings: the configuration most watch tests publish.
+pub fn cert_yaml(bind: SocketAddr, backend: SocketAddr, cert: &str, reload: &str) -> String {
+    watch_yaml(
+        bind,
+        backend,
+        &format!("certs/{cert}.pem"),
+        &format!("certs/{cert}.key"),
+        reload,
+        "",
+    )
 }
 
 /// Lower-case hex SHA-256, as the `source=` field of a committed line.
@@ -112,9 +127,53 @@ impl Served {
         }
     }
 
-    /// Stops the stream (asserting every byte came back intact) and the
-    /// daemon.
+    /// This daemon's configuration serving `certs/<cert>`, with the watch on
+    /// and the given poll, ready to publish as a change.
+    pub fn config_for(&self, cert: &str, poll: &str) -> String {
+        cert_yaml(self.bind, self.backend.addr, cert, &reload_block(poll))
+    }
+
+    /// Waits for the next outcome line and checks what a change led to:
+    /// `reload <result>` by `trigger`, the live generation now `generation`,
+    /// and a new connection served `serving`'s certificate. Returns the line
+    /// for further checks. `client` is a fresh configuration each time
+    /// ([`Site::client`]), so that no resumed session reports a certificate
+    /// from before the change.
+    pub async fn expect_reload(
+        &mut self,
+        result: &str,
+        trigger: &str,
+        generation: u64,
+        serving: &Pem,
+        client: std::sync::Arc<rustls::ClientConfig>,
+    ) -> String {
+        let line = expect_outcome(&mut self.d, result, trigger).await;
+        assert_eq!(generation_of(&line), generation, "{line}");
+        assert_eq!(
+            fingerprint_at(self.bind, "localhost", client).await,
+            serving.fingerprint(),
+            "certificate served after: {line}"
+        );
+        line
+    }
+
+    /// [`Served::expect_reload`] for the usual case: the watch committed
+    /// `generation`, which serves `serving`.
+    pub async fn expect_watch_commit(
+        &mut self,
+        generation: u64,
+        serving: &Pem,
+        client: std::sync::Arc<rustls::ClientConfig>,
+    ) -> String {
+        self.expect_reload("committed", "watch", generation, serving, client)
+            .await
+    }
+
+    /// Streams 8 KiB more, so that the connection opened before any change
+    /// is shown to outlive them all, then stops the stream (asserting every
+    /// byte came back intact) and the daemon.
     pub async fn finish(self) {
+        self.streamer.advance(8 * 1024).await;
         let verified = self.streamer.finish().await.expect("stream intact");
         assert!(verified > 16 * 1024, "only {verified} bytes verified");
         assert!(self.d.stop().await.success(), "clean stop");
@@ -125,6 +184,20 @@ impl Served {
 pub async fn endpoints() -> (SocketAddr, EchoBackend) {
     let bind = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     (bind, EchoBackend::start().await)
+}
+
+/// Starts a daemon on a new site whose configuration serves certificate
+/// `a` with the watch on and the given poll; certificates `b` and `c` are
+/// ready to publish.
+pub async fn site_serving_a(poll: &str) -> (Site, Served, [Pem; 3]) {
+    let site = Site::new();
+    let a = site.cert("a", &["localhost"]);
+    let b = site.cert("b", &["localhost"]);
+    let c = site.cert("c", &["localhost"]);
+    let (bind, backend) = endpoints().await;
+    site.publish(&cert_yaml(bind, backend.addr, "a", &reload_block(poll)));
+    let served = Served::start(&site.config, bind, backend, site.client(), &a.fingerprint()).await;
+    (site, served, [a, b, c])
 }
 
 /// Writes `bytes` to `path` in place: the same inode, truncated and
@@ -155,6 +228,16 @@ impl Projected {
     pub fn new(dir: PathBuf) -> Projected {
         std::fs::create_dir_all(&dir).expect("mkdir volume");
         Projected { dir }
+    }
+
+    /// One update publishing `yaml` as `config.yaml` with `pem` as the
+    /// `tls.crt` and `tls.key` it names, modes as a Secret volume has them.
+    pub fn publish(&self, yaml: &str, pem: &Pem) {
+        self.update(&[
+            ("config.yaml", yaml.as_bytes(), 0o644),
+            ("tls.crt", pem.cert.as_bytes(), 0o644),
+            ("tls.key", pem.key.as_bytes(), 0o600),
+        ]);
     }
 
     /// One update. Each entry is (name, bytes, mode).
