@@ -131,10 +131,16 @@ fn real_main() -> Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let svg_path = md_path.with_extension("svg");
-    let md = md.replace(
+    let mut md = md.replace(
         "CHART_FILE",
         &svg_path.file_name().unwrap_or_default().to_string_lossy(),
     );
+    let notes = kept_notes(&md_path);
+    if !notes.is_empty() {
+        md.truncate(md.trim_end().len());
+        md.push('\n');
+        md.push_str(&notes);
+    }
     std::fs::write(&md_path, md).with_context(|| format!("{}: cannot write", md_path.display()))?;
     std::fs::write(&svg_path, svg)
         .with_context(|| format!("{}: cannot write", svg_path.display()))?;
@@ -143,6 +149,22 @@ fn real_main() -> Result<()> {
         bail!("smoke run: some parts failed (see {})", md_path.display());
     }
     Ok(())
+}
+
+/// Where the hand-written part of a results file begins.
+const NOTES: &str = "\n## Observations\n";
+
+/// The hand-written notes (from `## Observations` on) of a results file
+/// this run is about to replace, so that a second run on the same day
+/// rewrites the figures but not what was written about them.
+fn kept_notes(path: &Path) -> String {
+    let Ok(old) = std::fs::read_to_string(path) else {
+        return String::new();
+    };
+    match old.find(NOTES) {
+        Some(at) => old[at..].to_string(),
+        None => String::new(),
+    }
 }
 
 /// Each connection through a proxy costs it two descriptors.
