@@ -15,6 +15,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use crate::proxy_protocol::ProxyProtocol;
+
 /// The largest top-level file stayup will read. A configuration is a few
 /// kilobytes; anything near this is a mistake or an attack, and reading it
 /// whole into memory on every reload would be the real harm.
@@ -172,6 +174,8 @@ pub struct ListenerConfig {
     pub tls: TlsConfig,
     /// At most this many connections open at once on this listener (0 = no limit).
     pub max_connections: usize,
+    /// The PROXY protocol header sent to the backend before the client's bytes.
+    pub backend_proxy_protocol: ProxyProtocol,
 }
 
 /// A plaintext TCP upstream: either a literal socket address or a host name
@@ -339,6 +343,8 @@ struct RawListener {
     name: Spanned<String>,
     bind: Spanned<String>,
     backend: Spanned<String>,
+    #[serde(default)]
+    backend_proxy_protocol: Option<Spanned<String>>,
     tls: RawTls,
     #[serde(default)]
     max_connections: Option<usize>,
@@ -608,6 +614,19 @@ impl Config {
             let backend = Backend::parse(l.backend.value.trim()).map_err(|e| {
                 ConfigError::invalid(path, at(&l.backend), format!("listener {name:?}: {e}"))
             })?;
+            let backend_proxy_protocol = match &l.backend_proxy_protocol {
+                None => ProxyProtocol::None,
+                Some(s) => ProxyProtocol::parse(s.value.trim()).ok_or_else(|| {
+                    ConfigError::invalid(
+                        path,
+                        at(s),
+                        format!(
+                            "listener {name:?}: backend_proxy_protocol {:?} is not none, v1 or v2",
+                            s.value.trim()
+                        ),
+                    )
+                })?,
+            };
             if l.tls.certificates.value.is_empty() {
                 return Err(ConfigError::invalid(
                     path,
@@ -643,6 +662,7 @@ impl Config {
                     session_resumption: l.tls.session_resumption.unwrap_or(true),
                 },
                 max_connections: l.max_connections.unwrap_or(0),
+                backend_proxy_protocol,
             });
         }
 

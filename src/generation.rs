@@ -213,6 +213,7 @@ pub struct ListenerRuntime {
     pub max_connections: usize,
     /// Shared with every other generation's listener of the same name.
     pub open: Arc<AtomicUsize>,
+    pub backend_proxy_protocol: crate::proxy_protocol::ProxyProtocol,
 }
 
 /// An immutable, fully validated configuration, ready to serve.
@@ -324,6 +325,7 @@ impl Generation {
                 handshake_timeout: l.tls.handshake_timeout,
                 max_connections: l.max_connections,
                 open: shared.listener_counter(&l.name),
+                backend_proxy_protocol: l.backend_proxy_protocol,
             });
         }
         Ok(Generation {

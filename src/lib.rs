@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod pipe;
 pub mod pki;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod publish;
 pub mod reloader;
 pub mod resumption;

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::generation::{Generation, ListenerRuntime};
+use crate::proxy_protocol::ProxyProtocol;
 
 /// A listener address that could not be bound.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -415,6 +416,26 @@ async fn handle(
         }
     };
     let _ = upstream.set_nodelay(true);
+    if listener.backend_proxy_protocol != ProxyProtocol::None {
+        let header = listener
+            .backend_proxy_protocol
+            .header(&proxy_connection(&tls, peer));
+        // A fresh socket takes a few hundred bytes at once; the timeout only
+        // bounds a backend that accepted and then stopped reading.
+        let sent = Box::pin(tokio::time::timeout(
+            generation.config.limits.backend_connect_timeout,
+            upstream.write_all(&header),
+        ))
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            ctx.counters
+                .backend_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(listener = %listener.name, backend = %backend, "backend did not take the PROXY protocol header");
+            let _ = tls.shutdown().await;
+            return;
+        }
+    }
     let idle = generation.config.limits.idle_timeout;
     let count = |up: u64, down: u64| {
         ctx.counters
@@ -447,6 +468,27 @@ async fn handle(
             // (HAProxy and nginx do the same).
             tracing::debug!(listener = %listener.name, %peer, error = %e, "connection ended with an error");
         }
+    }
+}
+
+/// What the PROXY protocol header says about this connection.
+fn proxy_connection(
+    tls: &tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+) -> crate::proxy_protocol::Connection<'_> {
+    let (tcp, conn) = tls.get_ref();
+    let client_cert = conn.peer_certificates().and_then(|c| c.first());
+    crate::proxy_protocol::Connection {
+        client: Some(peer),
+        local: tcp.local_addr().ok(),
+        server_name: conn.server_name(),
+        tls_version: match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),
+            Some(rustls::ProtocolVersion::TLSv1_2) => Some("TLSv1.2"),
+            _ => None,
+        },
+        client_cn: client_cert.and_then(|c| crate::proxy_protocol::common_name(c)),
+        client_cert: client_cert.is_some(),
     }
 }
 

@@ -282,6 +282,7 @@ pub fn diff(old: &Generation, new: &Generation) -> Vec<Change> {
                     out.push(ch("client-ca-changed", &n.name, None, None));
                 }
                 if o.max_connections != n.max_connections
+                    || o.backend_proxy_protocol != n.backend_proxy_protocol
                     || o.tls.handshake_timeout != n.tls.handshake_timeout
                     || o.tls.session_resumption != n.tls.session_resumption
                 {

@@ -140,6 +140,7 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
                 "name": l.name,
                 "bind": l.bind.to_string(),
                 "backend": l.backend.to_string(),
+                "backend_proxy_protocol": l.backend_proxy_protocol.to_string(),
                 "client_auth": g.config.listeners.iter().any(|c| c.name == l.name && c.tls.client_ca.is_some()),
                 "connections": l.open.load(Ordering::Relaxed),
             })
@@ -251,8 +252,12 @@ pub fn print_status(s: &Value) {
         .into_iter()
         .flatten()
     {
+        let proxy_protocol = match str_of(l, "backend_proxy_protocol").as_str() {
+            version @ ("v1" | "v2") => format!(" (PROXY protocol {version})"),
+            _ => String::new(),
+        };
         println!(
-            "listener   {}: {} -> {}",
+            "listener   {}: {} -> {}{proxy_protocol}",
             str_of(l, "name"),
             str_of(l, "bind"),
             str_of(l, "backend")
