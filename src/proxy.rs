@@ -390,52 +390,46 @@ async fn handle(
     ctx.counters.handshakes_ok.fetch_add(1, Ordering::Relaxed);
     own.handshakes_ok.fetch_add(1, Ordering::Relaxed);
     let backend = &listener.backend;
-    let connect = TcpStream::connect((backend.host.as_str(), backend.port));
+    let header = match listener.backend_proxy_protocol {
+        ProxyProtocol::None => Vec::new(),
+        version => version.header(&proxy_connection(&tls, peer)),
+    };
+    // Connected, and the PROXY protocol header (if any) taken, within the
+    // connect timeout. A fresh socket takes the header (a few hundred bytes
+    // at most) at once; an empty one costs nothing.
+    let open = async {
+        let mut s = TcpStream::connect((backend.host.as_str(), backend.port))
+            .await
+            .map_err(|e| ("backend connect failed", e))?;
+        let _ = s.set_nodelay(true);
+        s.write_all(&header)
+            .await
+            .map_err(|e| ("backend did not take the PROXY protocol header", e))?;
+        Ok(s)
+    };
     let mut upstream = match Box::pin(tokio::time::timeout(
         generation.config.limits.backend_connect_timeout,
-        connect,
+        open,
     ))
     .await
     {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
+        failed => {
             ctx.counters
                 .backend_failures
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(listener = %listener.name, backend = %backend, error = %e, "backend connect failed");
-            let _ = tls.shutdown().await;
-            return;
-        }
-        Err(_) => {
-            ctx.counters
-                .backend_failures
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(listener = %listener.name, backend = %backend, "backend connect timed out");
+            match failed {
+                Ok(Err((what, e))) => {
+                    tracing::warn!(listener = %listener.name, backend = %backend, error = %e, "{what}");
+                }
+                _ => {
+                    tracing::warn!(listener = %listener.name, backend = %backend, "backend connect timed out");
+                }
+            }
             let _ = tls.shutdown().await;
             return;
         }
     };
-    let _ = upstream.set_nodelay(true);
-    if listener.backend_proxy_protocol != ProxyProtocol::None {
-        let header = listener
-            .backend_proxy_protocol
-            .header(&proxy_connection(&tls, peer));
-        // A fresh socket takes a few hundred bytes at once; the timeout only
-        // bounds a backend that accepted and then stopped reading.
-        let sent = Box::pin(tokio::time::timeout(
-            generation.config.limits.backend_connect_timeout,
-            upstream.write_all(&header),
-        ))
-        .await;
-        if !matches!(sent, Ok(Ok(()))) {
-            ctx.counters
-                .backend_failures
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(listener = %listener.name, backend = %backend, "backend did not take the PROXY protocol header");
-            let _ = tls.shutdown().await;
-            return;
-        }
-    }
     let idle = generation.config.limits.idle_timeout;
     let count = |up: u64, down: u64| {
         ctx.counters
