@@ -245,6 +245,9 @@ pub struct TlsConfig {
     /// server sends no tickets: for policies that want no resumption state,
     /// and for like-for-like comparisons with servers configured that way.
     pub session_resumption: bool,
+    /// Application protocols offered by ALPN, most preferred first (`h2`,
+    /// `http/1.1`): gRPC and HTTP/2 clients insist on `h2`. Empty: no ALPN.
+    pub alpn: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -360,6 +363,8 @@ struct RawTls {
     handshake_timeout: Option<Spanned<String>>,
     #[serde(default)]
     session_resumption: Option<bool>,
+    #[serde(default)]
+    alpn: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -651,6 +656,28 @@ impl Config {
                 "tls.handshake_timeout",
                 Duration::from_secs(10),
             )?;
+            let mut alpn: Vec<String> = Vec::new();
+            if let Some(list) = &l.tls.alpn {
+                for protocol in &list.value {
+                    let problem = if protocol.is_empty() {
+                        Some("is empty")
+                    } else if protocol.len() > 255 {
+                        Some("is longer than 255 bytes")
+                    } else if alpn.contains(protocol) {
+                        Some("is listed twice")
+                    } else {
+                        None
+                    };
+                    if let Some(problem) = problem {
+                        return Err(ConfigError::invalid(
+                            path,
+                            at(list),
+                            format!("listener {name:?}: tls.alpn: protocol {protocol:?} {problem}"),
+                        ));
+                    }
+                    alpn.push(protocol.clone());
+                }
+            }
             listeners.push(ListenerConfig {
                 name,
                 bind,
@@ -660,6 +687,7 @@ impl Config {
                     client_ca,
                     handshake_timeout,
                     session_resumption: l.tls.session_resumption.unwrap_or(true),
+                    alpn,
                 },
                 max_connections: l.max_connections.unwrap_or(0),
                 backend_proxy_protocol,

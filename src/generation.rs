@@ -289,6 +289,7 @@ impl Generation {
                 None => builder.with_no_client_auth(),
             };
             let mut tls = builder.with_cert_resolver(Arc::new(SniResolver::new(&m.certs)));
+            tls.alpn_protocols = l.tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
             if l.tls.session_resumption {
                 // Resumption survives reloads, but never across listeners or a
                 // change of client CA (see `resumption`).

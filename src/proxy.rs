@@ -475,6 +475,7 @@ fn proxy_connection(
     crate::proxy_protocol::Connection {
         client: Some(peer),
         local: tcp.local_addr().ok(),
+        alpn: conn.alpn_protocol(),
         server_name: conn.server_name(),
         tls_version: match conn.protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),

@@ -3,10 +3,10 @@
 //!
 //! A terminating proxy hides the client: the backend's peer is stayup. With
 //! the header the backend learns the client's address and port and the
-//! address the client connected to; version 2 also carries the server name
-//! the client asked for (SNI), the TLS version, and the subject's common
-//! name of a verified client certificate, so a backend can log, rate-limit
-//! and authorize by them. nginx, HAProxy, Envoy, Postfix, Dovecot and most
+//! address the client connected to; version 2 also carries the application
+//! protocol agreed by ALPN, the server name the client asked for (SNI), the
+//! TLS version, and the subject's common name of a verified client
+//! certificate, so a backend can log, rate-limit and authorize by them. nginx, HAProxy, Envoy, Postfix, Dovecot and most
 //! databases' proxies read it; the backend must be told to expect it.
 
 use std::fmt;
@@ -52,6 +52,8 @@ pub struct Connection<'a> {
     pub client: Option<SocketAddr>,
     /// The address the client connected to.
     pub local: Option<SocketAddr>,
+    /// The application protocol agreed by ALPN.
+    pub alpn: Option<&'a [u8]>,
     /// The server name the client sent (SNI).
     pub server_name: Option<&'a str>,
     /// `TLSv1.3` or `TLSv1.2`.
@@ -71,6 +73,7 @@ const V2_LOCAL: u8 = 0x20;
 const V2_TCP4: u8 = 0x11;
 const V2_TCP6: u8 = 0x21;
 const V2_UNSPEC: u8 = 0x00;
+const PP2_TYPE_ALPN: u8 = 0x01;
 const PP2_TYPE_AUTHORITY: u8 = 0x02;
 const PP2_TYPE_SSL: u8 = 0x20;
 const PP2_SUBTYPE_SSL_VERSION: u8 = 0x21;
@@ -158,6 +161,9 @@ fn v2(conn: &Connection<'_>) -> Vec<u8> {
         }
         _ => (V2_LOCAL, V2_UNSPEC),
     };
+    if let Some(alpn) = conn.alpn.filter(|a| a.len() <= NAME_MAX) {
+        tlv(&mut body, PP2_TYPE_ALPN, alpn);
+    }
     if let Some(name) = conn.server_name.filter(|n| n.len() <= NAME_MAX) {
         tlv(&mut body, PP2_TYPE_AUTHORITY, name.as_bytes());
     }
@@ -255,6 +261,7 @@ mod tests {
         let conn = Connection {
             client: Some(addr("192.0.2.10:51234")),
             local: Some(addr("127.0.0.1:8443")),
+            alpn: Some(b"h2"),
             server_name: Some("web.example.com"),
             tls_version: Some("TLSv1.3"),
             client_cn: Some("alice".to_string()),
@@ -265,6 +272,7 @@ mod tests {
         want.extend_from_slice(b"\x0d\x0a\x0d\x0a\x00\x0d\x0a\x51\x55\x49\x54\x0a");
         want.extend_from_slice(&[0x21, 0x11]);
         let addresses = [192, 0, 2, 10, 127, 0, 0, 1, 0xc8, 0x22, 0x20, 0xfb];
+        let alpn = [&[0x01, 0x00, 2][..], b"h2"].concat();
         let authority = [&[0x02, 0x00, 15][..], b"web.example.com"].concat();
         let ssl_body = [
             &[0x03, 0, 0, 0, 0][..],
@@ -275,9 +283,10 @@ mod tests {
         ]
         .concat();
         let ssl = [&[0x20, 0x00, ssl_body.len() as u8][..], &ssl_body].concat();
-        let len = addresses.len() + authority.len() + ssl.len();
+        let len = addresses.len() + alpn.len() + authority.len() + ssl.len();
         want.extend_from_slice(&(len as u16).to_be_bytes());
         want.extend_from_slice(&addresses);
+        want.extend_from_slice(&alpn);
         want.extend_from_slice(&authority);
         want.extend_from_slice(&ssl);
         assert_eq!(h, want);

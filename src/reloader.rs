@@ -285,6 +285,7 @@ pub fn diff(old: &Generation, new: &Generation) -> Vec<Change> {
                     || o.backend_proxy_protocol != n.backend_proxy_protocol
                     || o.tls.handshake_timeout != n.tls.handshake_timeout
                     || o.tls.session_resumption != n.tls.session_resumption
+                    || o.tls.alpn != n.tls.alpn
                 {
                     out.push(ch("listener-settings-changed", &n.name, None, None));
                 }

@@ -125,6 +125,8 @@ const YAML_TOKENS: &[&str] = &[
     "cert",
     "key",
     "client_ca",
+    "alpn",
+    "h2",
     "names",
     "control",
     "socket",

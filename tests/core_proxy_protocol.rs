@@ -103,6 +103,7 @@ fn decode_v2(ver_cmd: u8, family: u8, body: &[u8]) -> String {
         let (kind, len) = (tlvs[0], usize::from(u16::from_be_bytes([tlvs[1], tlvs[2]])));
         let value = &tlvs[3..3 + len];
         match kind {
+            0x01 => out.push_str(&format!(" alpn={}", String::from_utf8_lossy(value))),
             0x02 => out.push_str(&format!(" authority={}", String::from_utf8_lossy(value))),
             0x20 => {
                 out.push_str(&format!(
@@ -265,7 +266,7 @@ async fn the_backend_learns_the_client_and_reloads_switch_the_header() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn v2_names_a_verified_client_certificate() {
+async fn v2_names_the_protocol_and_a_verified_client_certificate() {
     let site = Site::new();
     site.cert("a", &["localhost"]);
     let clients = Ca::new("stayup test client CA").expect("CA");
@@ -279,16 +280,18 @@ async fn v2_names_a_verified_client_certificate() {
     site.publish(
         &config(bind, backend.addr, "    backend_proxy_protocol: v2\n").replacen(
             "      certificates:\n",
-            "      client_ca: ca/clients.pem\n      certificates:\n",
+            "      client_ca: ca/clients.pem\n      alpn: [h2]\n      certificates:\n",
             1,
         ),
     );
     let d = Daemon::start(&site.config).await;
-    let (mut s, me, seen) = through(bind, client_config(&site.ca.pem.cert, Some(&alice))).await;
+    let mut client = (*client_config(&site.ca.pem.cert, Some(&alice))).clone();
+    client.alpn_protocols = vec![b"h2".to_vec()];
+    let (mut s, me, seen) = through(bind, std::sync::Arc::new(client)).await;
     assert_eq!(
         seen,
         format!(
-            "v2 cmd=21 fam=11 src={me} dst={bind} authority=localhost ssl=03/0 version=TLSv1.3 cn=alice"
+            "v2 cmd=21 fam=11 src={me} dst={bind} alpn=h2 authority=localhost ssl=03/0 version=TLSv1.3 cn=alice"
         )
     );
     echo_round_trip(&mut s, b"alice").await;
