@@ -31,13 +31,25 @@ pub struct Shared {
     pub provider: Arc<CryptoProvider>,
     pub session_cache: Arc<dyn StoresServerSessions>,
     pub ticketer: Arc<dyn ProducesTickets>,
-    /// Open connections per listener name, across generations, for
-    /// `max_connections` per listener.
-    listener_counts: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    /// Each listener's counts by name, across generations.
+    listener_stats: Mutex<HashMap<String, Arc<ListenerStats>>>,
     /// Open connections over every listener.
     pub total_connections: Arc<AtomicUsize>,
     /// Every generation that still exists (the live one and those draining).
     live: Mutex<Vec<Weak<Generation>>>,
+}
+
+/// One listener's counts, kept across generations by name: a reload does
+/// not reset them.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Open connections, for the listener's `max_connections`.
+    pub open: AtomicUsize,
+    pub handshakes_ok: AtomicU64,
+    pub handshakes_failed: AtomicU64,
+    pub handshake_timeouts: AtomicU64,
+    pub bytes_from_clients: AtomicU64,
+    pub bytes_to_clients: AtomicU64,
 }
 
 impl fmt::Debug for Shared {
@@ -57,21 +69,31 @@ impl Shared {
             provider,
             session_cache: ServerSessionMemoryCache::new(16 * 1024),
             ticketer: rustls::crypto::aws_lc_rs::Ticketer::new()?,
-            listener_counts: Mutex::new(HashMap::new()),
+            listener_stats: Mutex::new(HashMap::new()),
             total_connections: Arc::new(AtomicUsize::new(0)),
             live: Mutex::new(Vec::new()),
         }))
     }
 
-    /// The connection counter of the listener called `name`.
-    pub fn listener_counter(&self, name: &str) -> Arc<AtomicUsize> {
+    /// The counts of the listener called `name`. Looked up when a
+    /// generation is built, so that connections reach them without a lock.
+    pub fn listener_stats(&self, name: &str) -> Arc<ListenerStats> {
         let mut map = self
-            .listener_counts
+            .listener_stats
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        map.entry(name.to_string())
-            .or_insert_with(|| Arc::new(AtomicUsize::new(0)))
-            .clone()
+        map.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Every listener's counts (including listeners since removed), by name.
+    pub fn all_listener_stats(&self) -> Vec<(String, Arc<ListenerStats>)> {
+        let map = self
+            .listener_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     fn register(&self, g: &Arc<Generation>) {
@@ -211,8 +233,9 @@ pub struct ListenerRuntime {
     pub tls: Arc<ServerConfig>,
     pub handshake_timeout: Duration,
     pub max_connections: usize,
-    /// Shared with every other generation's listener of the same name.
-    pub open: Arc<AtomicUsize>,
+    /// Shared with every other generation's listener of the same name, so
+    /// that `max_connections` and the metrics span reloads.
+    pub stats: Arc<ListenerStats>,
     pub backend_proxy_protocol: crate::proxy_protocol::ProxyProtocol,
 }
 
@@ -325,7 +348,7 @@ impl Generation {
                 tls: Arc::new(tls),
                 handshake_timeout: l.tls.handshake_timeout,
                 max_connections: l.max_connections,
-                open: shared.listener_counter(&l.name),
+                stats: shared.listener_stats(&l.name),
                 backend_proxy_protocol: l.backend_proxy_protocol,
             });
         }

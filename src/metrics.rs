@@ -191,7 +191,7 @@ impl Metrics {
         );
         let handshakes: Family<Labels, Counter> = Family::default();
         let bytes: Family<Labels, Counter> = Family::default();
-        for (name, c) in ctx.counters.listeners() {
+        for (name, c) in handle.shared.all_listener_stats() {
             for (result, v) in [
                 ("ok", &c.handshakes_ok),
                 ("failed", &c.handshakes_failed),

@@ -59,39 +59,6 @@ pub struct Counters {
     pub bytes_from_clients: AtomicU64,
     pub bytes_to_clients: AtomicU64,
     pub drained: AtomicU64,
-    /// The same handshake and byte counts per listener name, for metrics.
-    per_listener: std::sync::Mutex<HashMap<String, Arc<ListenerCounters>>>,
-}
-
-/// Handshake and byte counts of one listener (kept across generations, by
-/// name, so a reload does not reset them).
-#[derive(Debug, Default)]
-pub struct ListenerCounters {
-    pub handshakes_ok: AtomicU64,
-    pub handshakes_failed: AtomicU64,
-    pub handshake_timeouts: AtomicU64,
-    pub bytes_from_clients: AtomicU64,
-    pub bytes_to_clients: AtomicU64,
-}
-
-impl Counters {
-    /// The counters of the listener called `name`.
-    pub fn listener(&self, name: &str) -> Arc<ListenerCounters> {
-        let mut map = self.per_listener.lock().unwrap_or_else(|p| p.into_inner());
-        // Called for every connection: allocate the key only the first time.
-        if let Some(c) = map.get(name) {
-            return c.clone();
-        }
-        map.entry(name.to_string()).or_default().clone()
-    }
-
-    /// Every listener's counters, by name.
-    pub fn listeners(&self) -> Vec<(String, Arc<ListenerCounters>)> {
-        let map = self.per_listener.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
-    }
 }
 
 /// What every accept loop and connection shares.
@@ -326,7 +293,7 @@ async fn serve(
         Box::pin(close_gently(tcp)).await;
         return;
     };
-    let Some(_own) = take_slot(&listener.open, listener.max_connections) else {
+    let Some(_own) = take_slot(&listener.stats.open, listener.max_connections) else {
         ctx.counters
             .refused_over_limit
             .fetch_add(1, Ordering::Relaxed);
@@ -359,7 +326,7 @@ async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
 ) {
-    let own = ctx.counters.listener(&listener.name);
+    let own = &listener.stats;
     // The handshake and the backend connect are boxed: a future's size is
     // that of its largest state, and these transient ones would otherwise
     // make every connection's task reserve room for them for its whole life.

@@ -143,7 +143,7 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
                 "backend_proxy_protocol": l.backend_proxy_protocol.to_string(),
                 "client_auth": g.config.listeners.iter().any(|c| c.name == l.name && c.tls.client_ca.is_some()),
                 "alpn": g.config.listeners.iter().find(|c| c.name == l.name).map(|c| c.tls.alpn.clone()).unwrap_or_default(),
-                "connections": l.open.load(Ordering::Relaxed),
+                "connections": l.stats.open.load(Ordering::Relaxed),
             })
         })
         .collect();
