@@ -363,8 +363,9 @@ async fn handle(
     };
     // Connected, and the PROXY protocol header (if any) taken, within the
     // connect timeout. A fresh socket takes the header (a few hundred bytes
-    // at most) at once; an empty one costs nothing.
-    let open = async {
+    // at most) at once; an empty one costs nothing. The header is moved in,
+    // so it is freed once sent rather than kept for the connection's life.
+    let open = async move {
         let mut s = TcpStream::connect((backend.host.as_str(), backend.port))
             .await
             .map_err(|e| ("backend connect failed", e))?;
