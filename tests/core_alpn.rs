@@ -23,10 +23,7 @@ async fn agreed(
     tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     Option<String>,
 ) {
-    let mut s = tokio::time::timeout(WAIT, connect(bind, "localhost", cfg))
-        .await
-        .expect("connect timed out")
-        .expect("TLS connect");
+    let mut s = connected(bind, "localhost", cfg).await;
     echo_round_trip(&mut s, b"ping").await;
     let protocol = s
         .get_ref()

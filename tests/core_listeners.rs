@@ -126,10 +126,7 @@ async fn backend_change_applies_to_new_connections_only() {
     site.publish(&config(&[("web", web, one.addr, "a")]));
     let mut d = Daemon::start(&site.config).await;
 
-    let mut old = tokio::time::timeout(WAIT, connect(web, "localhost", site.client()))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
+    let mut old = connected(web, "localhost", site.client()).await;
     assert_eq!(read_tag(&mut old).await, "one");
     let streamer = Streamer::start(old);
     streamer.advance(16 * 1024).await;
@@ -145,10 +142,7 @@ async fn backend_change_applies_to_new_connections_only() {
         "{line}"
     );
     for _ in 0..3 {
-        let mut new = tokio::time::timeout(WAIT, connect(web, "localhost", site.client()))
-            .await
-            .expect("connect timed out")
-            .expect("connect");
+        let mut new = connected(web, "localhost", site.client()).await;
         assert_eq!(read_tag(&mut new).await, "two");
         echo_round_trip(&mut new, b"hello").await;
     }

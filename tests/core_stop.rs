@@ -107,10 +107,7 @@ async fn drain_timeout_closes_the_old_generation_only() {
     let reloaded = Instant::now();
     let line = d.reload().await;
     assert!(line.contains("reload committed generation=2"), "{line}");
-    let s = tokio::time::timeout(WAIT, connect(bind, "localhost", site.client()))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
+    let s = connected(bind, "localhost", site.client()).await;
     assert_eq!(peer_fingerprint(&s), b.fingerprint());
     let new = Streamer::start(s);
     new.advance(4096).await;

@@ -224,10 +224,7 @@ async fn resumes_across_a_reload(version: &'static SupportedProtocolVersion) {
     let mut d = Daemon::start(&site.config).await;
     let client = resuming_client(&site, version);
 
-    let mut first = tokio::time::timeout(WAIT, connect(bind, "localhost", client.clone()))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
+    let mut first = connected(bind, "localhost", client.clone()).await;
     assert_eq!(
         first.get_ref().1.handshake_kind(),
         Some(HandshakeKind::Full)
@@ -242,10 +239,7 @@ async fn resumes_across_a_reload(version: &'static SupportedProtocolVersion) {
     let line = d.reload().await;
     assert!(line.contains("reload committed generation=2"), "{line}");
 
-    let mut second = tokio::time::timeout(WAIT, connect(bind, "localhost", client.clone()))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
+    let mut second = connected(bind, "localhost", client.clone()).await;
     assert_eq!(
         second.get_ref().1.handshake_kind(),
         Some(HandshakeKind::Resumed),
@@ -274,10 +268,7 @@ async fn tls12_session_resumes_across_a_reload() {
 /// Connects, reads the backend's tag (which also takes in any tickets sent
 /// after the handshake) and says how the handshake went.
 async fn handshake_kind(bind: SocketAddr, client: Arc<rustls::ClientConfig>) -> HandshakeKind {
-    let mut s = tokio::time::timeout(WAIT, connect(bind, "localhost", client))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
+    let mut s = connected(bind, "localhost", client).await;
     assert_eq!(read_tag(&mut s).await, "one");
     s.get_ref().1.handshake_kind().expect("handshake done")
 }
@@ -359,16 +350,6 @@ fn resuming_client_auth(
     Arc::new(cfg)
 }
 
-async fn handshake(
-    addr: SocketAddr,
-    cfg: Arc<rustls::ClientConfig>,
-) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    tokio::time::timeout(WAIT, connect(addr, "localhost", cfg))
-        .await
-        .expect("connect timed out")
-        .expect("connect")
-}
-
 /// A session from a listener without client authentication must not let a
 /// client into a listener that requires it (the session store and ticket
 /// keys are shared by every listener and generation).
@@ -390,9 +371,9 @@ async fn resumption_does_not_bypass_client_auth(version: &'static SupportedProto
     ));
     let d = Daemon::start(&site.config).await;
     let client = resuming_client(&site, version);
-    let mut s = handshake(public, client.clone()).await;
+    let mut s = connected(public, "localhost", client.clone()).await;
     echo_round_trip(&mut s, b"public").await;
-    let mut again = handshake(public, client.clone()).await;
+    let mut again = connected(public, "localhost", client.clone()).await;
     assert_eq!(
         again.get_ref().1.handshake_kind(),
         Some(HandshakeKind::Resumed)
@@ -440,13 +421,13 @@ async fn client_ca_change_ends_resumption(version: &'static SupportedProtocolVer
     site.publish(&config("a", "old"));
     let mut d = Daemon::start(&site.config).await;
     let client = resuming_client_auth(&site, version, &member);
-    let mut s = handshake(bind, client.clone()).await;
+    let mut s = connected(bind, "localhost", client.clone()).await;
     echo_round_trip(&mut s, b"member").await;
 
     // Only the server certificate changes: the session resumes.
     site.publish(&config("b", "old"));
     assert!(d.reload().await.contains("reload committed"));
-    let mut resumed = handshake(bind, client.clone()).await;
+    let mut resumed = connected(bind, "localhost", client.clone()).await;
     assert_eq!(
         resumed.get_ref().1.handshake_kind(),
         Some(HandshakeKind::Resumed)

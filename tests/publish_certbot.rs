@@ -81,10 +81,7 @@ async fn the_deploy_hook_rotates_through_live_symlinks() {
     let bind = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     site.publish(&simple_config(bind, backend.addr, "a"));
     let mut d = Daemon::start(&site.config).await;
-    let stream = tokio::time::timeout(WAIT, connect(bind, "localhost", site.client()))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
+    let stream = connected(bind, "localhost", site.client()).await;
     let streamer = Streamer::start(stream);
     streamer.advance(8 * 1024).await;
 

@@ -33,10 +33,7 @@ async fn publish_rotates_a_running_daemon_without_breaking_streams() {
 
     let mut streams = Vec::new();
     for _ in 0..2 {
-        let s = tokio::time::timeout(WAIT, connect(bind, "localhost", site.client()))
-            .await
-            .expect("connect timed out")
-            .expect("connect");
+        let s = connected(bind, "localhost", site.client()).await;
         assert_eq!(peer_fingerprint(&s), a.fingerprint());
         let st = Streamer::start(s);
         st.advance(8 * 1024).await;

@@ -11,8 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::client::TlsStream;
+use tokio::net::TcpListener;
 
 fn addr() -> SocketAddr {
     format!("127.0.0.1:{}", free_port()).parse().expect("addr")
@@ -53,22 +52,13 @@ impl BesideHealthy {
     }
 }
 
-/// A new client connection to the listener at `bind`, its TLS handshake
-/// done.
-async fn handshake(site: &Site, bind: SocketAddr) -> TlsStream<TcpStream> {
-    tokio::time::timeout(WAIT, connect(bind, "localhost", site.client()))
-        .await
-        .expect("connect timed out")
-        .expect("handshake")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_down_closes_clients_cleanly_and_is_counted() {
     // Nothing listens at the faulty backend's address.
     let f = BesideHealthy::start(addr()).await;
 
     for _ in 0..3 {
-        let mut s = handshake(&f.site, f.web).await;
+        let mut s = connected(f.web, "localhost", f.site.client()).await;
         let got = read_to_close(&mut s).await.expect("clean close");
         assert!(got.is_empty());
     }
@@ -104,7 +94,7 @@ async fn backend_closing_mid_stream_ends_only_that_connection_cleanly() {
     let f = BesideHealthy::start(closing_backend(1000).await).await;
 
     for round in 0..3 {
-        let mut s = handshake(&f.site, f.web).await;
+        let mut s = connected(f.web, "localhost", f.site.client()).await;
         let msg: Vec<u8> = (0..1000u32).map(|i| (i * 7 + round) as u8).collect();
         s.write_all(&msg).await.expect("write");
         let got = read_to_close(&mut s)
@@ -144,7 +134,7 @@ async fn backend_reset_reaches_the_client_as_a_truncation_not_a_clean_close() {
         listener_yaml("web", bind, backend, &["a"]),
     ));
     let d = Daemon::start(&site.config).await;
-    let mut s = handshake(&site, bind).await;
+    let mut s = connected(bind, "localhost", site.client()).await;
     let mut got = [0u8; 11];
     tokio::time::timeout(WAIT, s.read_exact(&mut got))
         .await
@@ -188,12 +178,7 @@ async fn sighup_during_a_reload_is_coalesced_not_lost() {
         fingerprint_at(bind, "localhost", site.client()).await,
         a.fingerprint()
     );
-    let streamer = Streamer::start(
-        tokio::time::timeout(WAIT, connect(bind, "localhost", site.client()))
-            .await
-            .expect("connect timed out")
-            .expect("connect"),
-    );
+    let streamer = Streamer::start(connected(bind, "localhost", site.client()).await);
 
     // Calibrate: how long does the slow reload take here?
     site.publish(&slow("b"));

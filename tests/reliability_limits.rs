@@ -35,10 +35,7 @@ fn listener_with(
 }
 
 async fn open_streamer(bind: SocketAddr, site: &Site) -> Streamer {
-    let s = tokio::time::timeout(WAIT, connect(bind, "localhost", site.client()))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
+    let s = connected(bind, "localhost", site.client()).await;
     let st = Streamer::start(s);
     st.advance(4096).await;
     st
@@ -205,10 +202,7 @@ async fn backend_connect_timeout_closes_cleanly() {
     let mut d = Daemon::start(&site.config).await;
 
     let started = Instant::now();
-    let mut s = tokio::time::timeout(WAIT, connect(bind, "localhost", site.client()))
-        .await
-        .expect("connect timed out")
-        .expect("handshake");
+    let mut s = connected(bind, "localhost", site.client()).await;
     let got = read_to_close(&mut s)
         .await
         .expect("clean close (close_notify)");
@@ -236,10 +230,7 @@ async fn idle_connection_is_closed_busy_one_is_not() {
     let d = Daemon::start(&site.config).await;
     let busy = open_streamer(bind, &site).await;
 
-    let mut idle = tokio::time::timeout(WAIT, connect(bind, "localhost", site.client()))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
+    let mut idle = connected(bind, "localhost", site.client()).await;
     echo_round_trip(&mut idle, b"hello").await;
     let last = Instant::now();
     let got = read_to_close(&mut idle).await.expect("clean close");

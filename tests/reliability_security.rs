@@ -197,10 +197,7 @@ async fn backend_errors_reach_the_log_not_the_client() {
     site.publish(&simple_config(bind, down, "a"));
     let mut d = Daemon::start(&site.config).await;
 
-    let mut s = tokio::time::timeout(WAIT, connect(bind, "localhost", site.client()))
-        .await
-        .expect("connect timed out")
-        .expect("handshake");
+    let mut s = connected(bind, "localhost", site.client()).await;
     let got = read_to_close(&mut s)
         .await
         .expect("a clean close (close_notify), not an error");

@@ -135,10 +135,7 @@ async fn soak_streams_handshakes_and_reload_storm() {
 
     let mut streamers = Vec::with_capacity(streams);
     for _ in 0..streams {
-        let s = tokio::time::timeout(WAIT, connect(bind, "localhost", site.client()))
-            .await
-            .expect("connect timed out")
-            .expect("connect");
+        let s = connected(bind, "localhost", site.client()).await;
         streamers.push(Streamer::start_paced(s, 1024, Duration::from_millis(20)));
     }
     for s in &streamers {

@@ -14,10 +14,7 @@ async fn streams_through_twenty_reloads_alternating_certificates() {
     site.publish(&simple_config(bind, backend.addr, "a"));
     let mut d = Daemon::start(&site.config).await;
 
-    let first = tokio::time::timeout(WAIT, connect(bind, "localhost", site.client()))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
+    let first = connected(bind, "localhost", site.client()).await;
     assert_eq!(peer_fingerprint(&first), a.fingerprint());
     let streamer = Streamer::start(first);
     streamer.advance(16 * 1024).await;

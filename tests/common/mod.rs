@@ -160,6 +160,18 @@ pub async fn connect(
     TlsConnector::from(cfg).connect(name, tcp).await
 }
 
+/// Opens a TLS connection that must succeed within `WAIT`.
+pub async fn connected(
+    addr: SocketAddr,
+    sni: &str,
+    cfg: Arc<rustls::ClientConfig>,
+) -> TlsStream<TcpStream> {
+    tokio::time::timeout(WAIT, connect(addr, sni, cfg))
+        .await
+        .unwrap_or_else(|_| panic!("TLS connect to {addr} timed out"))
+        .unwrap_or_else(|e| panic!("TLS connect to {addr}: {e}"))
+}
+
 /// SHA-256 of the certificate the server presented, lower-case hex.
 pub fn peer_fingerprint(s: &TlsStream<TcpStream>) -> String {
     let (_, conn) = s.get_ref();
@@ -172,10 +184,7 @@ pub fn peer_fingerprint(s: &TlsStream<TcpStream>) -> String {
 
 /// Connects, checks one echo round trip, and returns the fingerprint served.
 pub async fn fingerprint_at(addr: SocketAddr, sni: &str, cfg: Arc<rustls::ClientConfig>) -> String {
-    let mut s = tokio::time::timeout(WAIT, connect(addr, sni, cfg))
-        .await
-        .expect("connect timed out")
-        .expect("TLS connect");
+    let mut s = connected(addr, sni, cfg).await;
     let fp = peer_fingerprint(&s);
     echo_round_trip(&mut s, b"ping").await;
     fp
@@ -586,10 +595,7 @@ pub fn rejection_reason(line: &str) -> &str {
 
 /// Opens a TLS connection and starts streaming checksummed data through it.
 pub async fn streamer_at(addr: SocketAddr, sni: &str, cfg: Arc<rustls::ClientConfig>) -> Streamer {
-    let s = tokio::time::timeout(WAIT, connect(addr, sni, cfg))
-        .await
-        .expect("connect timed out")
-        .expect("TLS connect");
+    let s = connected(addr, sni, cfg).await;
     let streamer = Streamer::start(s);
     streamer.advance(4096).await;
     streamer

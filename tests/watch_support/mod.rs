@@ -112,10 +112,7 @@ impl Served {
         client: std::sync::Arc<rustls::ClientConfig>,
         first: &str,
     ) -> Served {
-        let conn = tokio::time::timeout(WAIT, connect(bind, "localhost", client))
-            .await
-            .expect("connect timed out")
-            .expect("connect");
+        let conn = connected(bind, "localhost", client).await;
         assert_eq!(peer_fingerprint(&conn), first, "first certificate");
         let streamer = Streamer::start(conn);
         streamer.advance(8 * 1024).await;
