@@ -33,6 +33,15 @@ impl ProxyProtocol {
             _ => None,
         }
     }
+
+    /// The header for `conn`; empty for `None`.
+    pub fn header(self, conn: &Connection<'_>) -> Vec<u8> {
+        match self {
+            ProxyProtocol::None => Vec::new(),
+            ProxyProtocol::V1 => v1(conn),
+            ProxyProtocol::V2 => v2(conn),
+        }
+    }
 }
 
 impl fmt::Display for ProxyProtocol {
@@ -100,17 +109,6 @@ fn same_family(client: SocketAddr, local: SocketAddr) -> (SocketAddr, SocketAddr
     match (v4(client), v4(local)) {
         (Some(c), Some(l)) => (c, l),
         _ => (v6(client), v6(local)),
-    }
-}
-
-impl ProxyProtocol {
-    /// The header for `conn`; empty for `None`.
-    pub fn header(self, conn: &Connection<'_>) -> Vec<u8> {
-        match self {
-            ProxyProtocol::None => Vec::new(),
-            ProxyProtocol::V1 => v1(conn),
-            ProxyProtocol::V2 => v2(conn),
-        }
     }
 }
 

@@ -136,13 +136,14 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
         .listeners
         .iter()
         .map(|l| {
+            let configured = g.config.listeners.iter().find(|c| c.name == l.name);
             json!({
                 "name": l.name,
                 "bind": l.bind.to_string(),
                 "backend": l.backend.to_string(),
                 "backend_proxy_protocol": l.backend_proxy_protocol.to_string(),
-                "client_auth": g.config.listeners.iter().any(|c| c.name == l.name && c.tls.client_ca.is_some()),
-                "alpn": g.config.listeners.iter().find(|c| c.name == l.name).map(|c| c.tls.alpn.clone()).unwrap_or_default(),
+                "client_auth": configured.is_some_and(|c| c.tls.client_ca.is_some()),
+                "alpn": configured.map(|c| c.tls.alpn.clone()).unwrap_or_default(),
                 "connections": l.stats.open.load(Ordering::Relaxed),
             })
         })
