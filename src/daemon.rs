@@ -71,31 +71,56 @@ impl Daemon {
 
     /// Stops accepting, lets open connections run for up to
     /// `shutdown.timeout` of the live configuration, then closes the rest.
-    pub async fn stop(self) {
+    /// When `hurry` completes first (a second SIGTERM or Ctrl-C: an operator
+    /// who will not wait), the rest are closed at once.
+    pub async fn stop(self, hurry: impl Future<Output = ()>) {
         let deadline = self.handle.current().config.shutdown.timeout;
         self.ctx.stop_accepting.cancel();
         self.stop_reloader.cancel();
         let _ = self.reloader.await;
         self.ctx.tracker.close();
+        tokio::pin!(hurry);
+        // Polled once now, so that a signal handler behind it is in place
+        // before the log line below invites the signal.
+        let mut hurried = tokio::select! {
+            biased;
+            _ = &mut hurry => true,
+            _ = std::future::ready(()) => false,
+        };
         let open = self.ctx.tracker.len();
-        if open > 0 {
+        if open > 0 && !hurried {
             tracing::info!(
                 connections = open,
                 deadline = %crate::config::format_duration(deadline),
-                "stopped accepting; waiting for open connections to finish"
+                "stopped accepting; waiting for open connections to finish (stop again to close them now)"
             );
+            let finished = tokio::select! {
+                done = tokio::time::timeout(deadline, self.ctx.tracker.wait()) => done.is_ok(),
+                _ = &mut hurry => {
+                    hurried = true;
+                    false
+                }
+            };
+            if finished {
+                return;
+            }
         }
-        if tokio::time::timeout(deadline, self.ctx.tracker.wait())
-            .await
-            .is_err()
-        {
+        if self.ctx.tracker.is_empty() {
+            return;
+        }
+        if hurried {
+            tracing::info!(
+                connections = self.ctx.tracker.len(),
+                "asked again to stop; closing the remaining connections"
+            );
+        } else {
             tracing::info!(
                 connections = self.ctx.tracker.len(),
                 "stop deadline reached; closing the remaining connections"
             );
-            self.ctx.hard_stop.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.ctx.tracker.wait()).await;
         }
+        self.ctx.hard_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.ctx.tracker.wait()).await;
     }
 }
 
@@ -128,7 +153,7 @@ pub async fn run(
     let background = match crate::triggers::start(&handle, &daemon.context()).await {
         Ok(b) => b,
         Err(e) => {
-            daemon.stop().await;
+            daemon.stop(std::future::pending()).await;
             return Err(RunError::Io(e));
         }
     };
@@ -151,7 +176,7 @@ pub async fn run(
     tracing::info!("stopping");
     crate::systemd::stopping();
     background.shutdown().await;
-    daemon.stop().await;
+    daemon.stop(terminate_signal()).await;
     tracing::info!("stopped");
     Ok(())
 }

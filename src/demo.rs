@@ -229,7 +229,7 @@ async fn demo(interval: u64, port: u16) -> Result<(), String> {
     }
     println!("stopping; removing {}", folder.dir.path().display());
     triggers.shutdown().await;
-    daemon.stop().await;
+    daemon.stop(crate::daemon::terminate_signal()).await;
     drop(folder);
     Ok(())
 }

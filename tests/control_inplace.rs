@@ -36,5 +36,5 @@ async fn files_changed_in_place_are_reported() {
     assert!(m.ends_with("# EOF\n"), "{m}");
 
     stop.cancel();
-    daemon.stop().await;
+    daemon.stop(std::future::pending()).await;
 }

@@ -1,7 +1,7 @@
 //! Stopping and draining: SIGTERM stops accepting and lets open connections
-//! finish, a short `shutdown.timeout` closes the ones that linger, and
-//! `drain.timeout` closes a superseded generation's connections while the
-//! new generation's stay.
+//! finish, a short `shutdown.timeout` (or a second stop signal) closes the
+//! ones that linger, and `drain.timeout` closes a superseded generation's
+//! connections while the new generation's stay.
 
 mod common;
 use common::*;
@@ -83,6 +83,45 @@ async fn shutdown_timeout_closes_lingering_connections_and_exits_zero() {
     assert!(status.success(), "{status}");
     d.wait_printed(|l| l.contains("stop deadline reached"))
         .await;
+    d.wait_stopped_line().await;
+}
+
+/// An operator who will not wait for `shutdown.timeout` (30 s by default)
+/// stops again: the open connections are closed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stop_signal_closes_open_connections_at_once() {
+    let site = Site::new();
+    let backend = EchoBackend::start().await;
+    site.cert("a", &["localhost"]);
+    let bind = free_addr();
+    site.publish(&simple_config(bind, backend.addr, "a"));
+    let mut d = Daemon::start(&site.config).await;
+    let streamer = streamer_at(bind, "localhost", site.client()).await;
+
+    d.signal("TERM");
+    let waiting = d.wait_for("stopped accepting").await;
+    assert!(
+        waiting.contains("stop again to close them now"),
+        "{waiting}"
+    );
+    streamer.advance(16 * 1024).await;
+    let again = Instant::now();
+    d.signal("INT");
+    streamer.wait_broken().await;
+    let status = d.wait_exit().await;
+    assert!(status.success(), "{status}");
+    assert!(
+        again.elapsed() < Duration::from_secs(20),
+        "exited {:?} after the second signal: at the 30 s deadline, not at once",
+        again.elapsed()
+    );
+    d.wait_printed(|l| l.contains("asked again to stop; closing the remaining connections"))
+        .await;
+    assert!(
+        !d.output().contains("stop deadline reached"),
+        "{}",
+        d.output()
+    );
     d.wait_stopped_line().await;
 }
 
