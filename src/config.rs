@@ -161,6 +161,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
     pub limits: LimitsConfig,
+    pub tcp_keepalive: KeepaliveConfig,
     /// Served certificates this close to their end are warned about (log,
     /// status, `stayup check`). Top-level `warn_expiry`, default 14 days.
     pub warn_expiry: Duration,
@@ -248,6 +249,41 @@ pub struct TlsConfig {
     /// Application protocols offered by ALPN, most preferred first (`h2`,
     /// `http/1.1`): gRPC and HTTP/2 clients insist on `h2`. Empty: no ALPN.
     pub alpn: Vec<String>,
+    /// The oldest TLS version a client may use.
+    pub min_version: TlsVersion,
+}
+
+/// A TLS version stayup can serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+impl TlsVersion {
+    /// `1.2` or `1.3` (also `TLSv1.2`, `TLSv1.3`, the names status and
+    /// other servers print).
+    pub fn parse(s: &str) -> Option<TlsVersion> {
+        let s = s.trim();
+        let s = s
+            .strip_prefix("TLSv")
+            .or_else(|| s.strip_prefix("tlsv"))
+            .unwrap_or(s);
+        match s {
+            "1.2" => Some(TlsVersion::Tls12),
+            "1.3" => Some(TlsVersion::Tls13),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for TlsVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsVersion::Tls12 => "TLSv1.2",
+            TlsVersion::Tls13 => "TLSv1.3",
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -314,6 +350,55 @@ pub struct LimitsConfig {
     pub allow_insecure_key_permissions: bool,
 }
 
+/// TCP keepalive on both sockets of every connection, the client's and the
+/// backend's. Long-lived connections are what stayup is for, and a peer
+/// that vanished without a FIN (a laptop shut, a NAT or firewall entry
+/// dropped, a host powered off) would otherwise hold its connection, the
+/// one to the backend, and with them its generation, for ever. Probes also
+/// keep NAT and load-balancer idle timers from expiring on connections
+/// that are merely quiet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepaliveConfig {
+    /// Probe a peer that has sent nothing for this long; zero = off.
+    pub idle: Duration,
+    /// Time between unanswered probes.
+    pub interval: Duration,
+    /// Unanswered probes after which the kernel closes the connection.
+    pub probes: u32,
+}
+
+impl KeepaliveConfig {
+    pub const DEFAULT: KeepaliveConfig = KeepaliveConfig {
+        idle: Duration::from_secs(120),
+        interval: Duration::from_secs(30),
+        probes: 4,
+    };
+
+    pub fn enabled(&self) -> bool {
+        !self.idle.is_zero()
+    }
+}
+
+impl fmt::Display for KeepaliveConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.enabled() {
+            return f.write_str("off");
+        }
+        write!(
+            f,
+            "idle {}, interval {}, {} probes",
+            format_duration(self.idle),
+            format_duration(self.interval),
+            self.probes
+        )
+    }
+}
+
+/// The kernel's limits (`TCP_KEEPIDLE`, `TCP_KEEPINTVL`: whole seconds up
+/// to 32,767; `TCP_KEEPCNT`: up to 127).
+const MAX_KEEPALIVE_SECS: u64 = 32_767;
+const MAX_KEEPALIVE_PROBES: u32 = 127;
+
 // ---------------------------------------------------------------------------
 // The raw, serde-facing shape. Everything is `deny_unknown_fields`; values
 // that need a location in later checks are `Spanned`.
@@ -337,7 +422,20 @@ struct RawConfig {
     #[serde(default)]
     limits: Option<RawLimits>,
     #[serde(default)]
+    tcp_keepalive: Option<RawKeepalive>,
+    #[serde(default)]
     warn_expiry: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeepalive {
+    #[serde(default)]
+    idle: Option<Spanned<String>>,
+    #[serde(default)]
+    interval: Option<Spanned<String>>,
+    #[serde(default)]
+    probes: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -365,6 +463,8 @@ struct RawTls {
     session_resumption: Option<bool>,
     #[serde(default)]
     alpn: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    min_version: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -678,6 +778,19 @@ impl Config {
                     alpn.push(protocol.clone());
                 }
             }
+            let min_version = match &l.tls.min_version {
+                None => TlsVersion::Tls12,
+                Some(s) => TlsVersion::parse(&s.value).ok_or_else(|| {
+                    ConfigError::invalid(
+                        path,
+                        at(s),
+                        format!(
+                            "listener {name:?}: tls.min_version {:?} is not \"1.2\" or \"1.3\"",
+                            s.value.trim()
+                        ),
+                    )
+                })?,
+            };
             listeners.push(ListenerConfig {
                 name,
                 bind,
@@ -688,6 +801,7 @@ impl Config {
                     handshake_timeout,
                     session_resumption: l.tls.session_resumption.unwrap_or(true),
                     alpn,
+                    min_version,
                 },
                 max_connections: l.max_connections.unwrap_or(0),
                 backend_proxy_protocol,
@@ -802,6 +916,66 @@ impl Config {
                 .map(|l| l.allow_insecure_key_permissions)
                 .unwrap_or(false),
         };
+        let tcp_keepalive = match &raw.tcp_keepalive {
+            None => KeepaliveConfig::DEFAULT,
+            Some(k) => {
+                let seconds = |s: &Option<Spanned<String>>,
+                               what: &str,
+                               default: Duration,
+                               zero_allowed: bool|
+                 -> Result<Duration, ConfigError> {
+                    let d = duration(s, what, default)?;
+                    let problem = if d.is_zero() {
+                        (!zero_allowed).then_some("must be at least 1s")
+                    } else if d.subsec_nanos() != 0 {
+                        Some("must be whole seconds (the kernel counts keepalive time in seconds)")
+                    } else if d.as_secs() > MAX_KEEPALIVE_SECS {
+                        Some("must be at most 32767s (the kernel's limit)")
+                    } else {
+                        None
+                    };
+                    match (problem, s) {
+                        (Some(problem), Some(s)) => Err(ConfigError::invalid(
+                            path,
+                            at(s),
+                            format!("{what} {:?} {problem}", s.value.trim()),
+                        )),
+                        _ => Ok(d),
+                    }
+                };
+                let idle = seconds(
+                    &k.idle,
+                    "tcp_keepalive.idle",
+                    KeepaliveConfig::DEFAULT.idle,
+                    true,
+                )?;
+                let interval = seconds(
+                    &k.interval,
+                    "tcp_keepalive.interval",
+                    KeepaliveConfig::DEFAULT.interval,
+                    false,
+                )?;
+                let probes = match &k.probes {
+                    None => KeepaliveConfig::DEFAULT.probes,
+                    Some(p) if (1..=MAX_KEEPALIVE_PROBES).contains(&p.value) => p.value,
+                    Some(p) => {
+                        return Err(ConfigError::invalid(
+                            path,
+                            at(p),
+                            format!(
+                                "tcp_keepalive.probes {} must be between 1 and {MAX_KEEPALIVE_PROBES}",
+                                p.value
+                            ),
+                        ));
+                    }
+                };
+                KeepaliveConfig {
+                    idle,
+                    interval,
+                    probes,
+                }
+            }
+        };
         let warn_expiry = duration(
             &raw.warn_expiry,
             "warn_expiry",
@@ -817,6 +991,7 @@ impl Config {
             shutdown,
             log: LogConfig { level, format },
             limits,
+            tcp_keepalive,
             warn_expiry,
         })
     }
@@ -972,6 +1147,78 @@ drain:
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("99999999999999999999h").is_err());
+    }
+
+    #[test]
+    fn tcp_keepalive_defaults_on_and_is_checked_against_the_kernels_limits() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.tcp_keepalive, KeepaliveConfig::DEFAULT);
+        assert!(c.tcp_keepalive.enabled());
+        let c = parse(&format!(
+            "{GOOD}tcp_keepalive:\n  idle: 45s\n  interval: 5s\n  probes: 3\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.tcp_keepalive,
+            KeepaliveConfig {
+                idle: Duration::from_secs(45),
+                interval: Duration::from_secs(5),
+                probes: 3
+            }
+        );
+        assert_eq!(
+            c.tcp_keepalive.to_string(),
+            "idle 45s, interval 5s, 3 probes"
+        );
+        let off = parse(&format!("{GOOD}tcp_keepalive:\n  idle: 0\n")).unwrap();
+        assert!(!off.tcp_keepalive.enabled());
+        assert_eq!(off.tcp_keepalive.to_string(), "off");
+        for (bad, wanted) in [
+            ("idle: 1500ms", "whole seconds"),
+            ("idle: 10h", "at most 32767s"),
+            ("interval: 0", "at least 1s"),
+            ("probes: 0", "between 1 and 127"),
+            ("probes: 128", "between 1 and 127"),
+            ("idle: soon", "tcp_keepalive.idle"),
+            ("probes: many", "invalid u32"),
+        ] {
+            let e = parse(&format!("{GOOD}tcp_keepalive:\n  {bad}\n")).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(wanted), "{bad}: {msg}");
+            assert!(msg.contains("/etc/stayup/stayup.yaml:15:"), "{bad}: {msg}");
+        }
+    }
+
+    #[test]
+    fn min_tls_version_takes_plain_and_quoted_forms() {
+        assert_eq!(
+            parse(GOOD).unwrap().listeners[0].tls.min_version,
+            TlsVersion::Tls12
+        );
+        for (written, wanted) in [
+            ("1.3", TlsVersion::Tls13),
+            ("\"1.3\"", TlsVersion::Tls13),
+            ("TLSv1.3", TlsVersion::Tls13),
+            ("1.2", TlsVersion::Tls12),
+        ] {
+            let c = parse(&GOOD.replace(
+                "      certificates:",
+                &format!("      min_version: {written}\n      certificates:"),
+            ))
+            .unwrap();
+            assert_eq!(c.listeners[0].tls.min_version, wanted, "{written}");
+        }
+        let e = parse(&GOOD.replace(
+            "      certificates:",
+            "      min_version: 1.1\n      certificates:",
+        ))
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(":7:"), "{msg}");
+        assert!(
+            msg.contains("listener \"web\": tls.min_version \"1.1\" is not \"1.2\" or \"1.3\""),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, version};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Backend, Config};
+use crate::config::{Backend, Config, TlsVersion};
 use crate::material::{CertInfo, FileDigest, LoadedCert, Material};
 
 /// State that outlives every generation: the crypto provider, and the TLS
@@ -277,6 +277,9 @@ impl fmt::Display for BuildError {
 
 impl std::error::Error for BuildError {}
 
+static TLS12_AND_13: &[&rustls::SupportedProtocolVersion] = &[&version::TLS13, &version::TLS12];
+static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&version::TLS13];
+
 impl Generation {
     /// Builds a generation. Does not register it as live; see [`Generation::register`].
     pub fn build(
@@ -297,7 +300,10 @@ impl Generation {
                 reason,
             };
             let builder = ServerConfig::builder_with_provider(shared.provider.clone())
-                .with_protocol_versions(&[&version::TLS13, &version::TLS12])
+                .with_protocol_versions(match l.tls.min_version {
+                    TlsVersion::Tls12 => TLS12_AND_13,
+                    TlsVersion::Tls13 => TLS13_ONLY,
+                })
                 .map_err(|e| err(None, e.to_string()))?;
             let builder = match &m.client_ca {
                 Some(roots) => {

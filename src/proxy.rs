@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::KeepaliveConfig;
 use crate::generation::{Generation, ListenerRuntime};
 use crate::proxy_protocol::ProxyProtocol;
 
@@ -233,6 +234,21 @@ async fn accept_loop(
     }
 }
 
+/// Turns on TCP keepalive as configured (see `KeepaliveConfig` for why).
+/// A failure is logged, not fatal: the connection works without it.
+fn set_keepalive(tcp: &TcpStream, keepalive: &KeepaliveConfig) {
+    if !keepalive.enabled() {
+        return;
+    }
+    let params = socket2::TcpKeepalive::new()
+        .with_time(keepalive.idle)
+        .with_interval(keepalive.interval)
+        .with_retries(keepalive.probes);
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&params) {
+        tracing::debug!(error = %e, "could not turn on TCP keepalive");
+    }
+}
+
 /// Decrements a counter when dropped.
 struct Slot<'a>(&'a AtomicUsize);
 
@@ -304,6 +320,7 @@ async fn serve(
     };
     let _guard = generation.track();
     let _ = tcp.set_nodelay(true);
+    set_keepalive(&tcp, &generation.config.tcp_keepalive);
 
     let stopped = async {
         tokio::select! {
@@ -365,11 +382,13 @@ async fn handle(
     // connect timeout. A fresh socket takes the header (a few hundred bytes
     // at most) at once; an empty one costs nothing. The header is moved in,
     // so it is freed once sent rather than kept for the connection's life.
+    let keepalive = &generation.config.tcp_keepalive;
     let open = async move {
         let mut s = TcpStream::connect((backend.host.as_str(), backend.port))
             .await
             .map_err(|e| ("backend connect failed", e))?;
         let _ = s.set_nodelay(true);
+        set_keepalive(&s, keepalive);
         s.write_all(&header)
             .await
             .map_err(|e| ("backend did not take the PROXY protocol header", e))?;

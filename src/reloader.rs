@@ -286,6 +286,7 @@ pub fn diff(old: &Generation, new: &Generation) -> Vec<Change> {
                     || o.tls.handshake_timeout != n.tls.handshake_timeout
                     || o.tls.session_resumption != n.tls.session_resumption
                     || o.tls.alpn != n.tls.alpn
+                    || o.tls.min_version != n.tls.min_version
                 {
                     out.push(ch("listener-settings-changed", &n.name, None, None));
                 }
@@ -333,6 +334,11 @@ pub fn diff(old: &Generation, new: &Generation) -> Vec<Change> {
         format!("{:?}", b.log.format),
     );
     setting("warn_expiry", d(a.warn_expiry), d(b.warn_expiry));
+    setting(
+        "tcp_keepalive",
+        a.tcp_keepalive.to_string(),
+        b.tcp_keepalive.to_string(),
+    );
     setting(
         "limits",
         format!("{:?}", a.limits),

@@ -144,6 +144,7 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
                 "backend_proxy_protocol": l.backend_proxy_protocol.to_string(),
                 "client_auth": configured.is_some_and(|c| c.tls.client_ca.is_some()),
                 "alpn": configured.map(|c| c.tls.alpn.clone()).unwrap_or_default(),
+                "min_tls_version": configured.map(|c| c.tls.min_version.to_string()),
                 "connections": l.stats.open.load(Ordering::Relaxed),
             })
         })
@@ -209,6 +210,7 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
         "listeners": listeners,
         "certificates": certificates,
         "warn_expiry_days": g.config.warn_expiry.as_secs() as f64 / 86_400.0,
+        "tcp_keepalive": tcp_keepalive_json(&g.config.tcp_keepalive),
         "expiry_warnings": warnings,
         "generations": generations,
         "generations_live": live.len(),
@@ -234,6 +236,17 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
     })
 }
 
+fn tcp_keepalive_json(k: &crate::config::KeepaliveConfig) -> Value {
+    if !k.enabled() {
+        return Value::Null;
+    }
+    json!({
+        "idle_seconds": k.idle.as_secs(),
+        "interval_seconds": k.interval.as_secs(),
+        "probes": k.probes,
+    })
+}
+
 /// Prints a status answer for people.
 pub fn print_status(s: &Value) {
     let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
@@ -248,6 +261,19 @@ pub fn print_status(s: &Value) {
         str_of(s, "config"),
         str_of(s, "source_sha256")
     );
+    match s.get("tcp_keepalive") {
+        Some(k) if k.is_object() => {
+            let n = |key: &str| k.get(key).and_then(Value::as_u64).unwrap_or(0);
+            println!(
+                "keepalive  idle {}s, interval {}s, {} probes",
+                n("idle_seconds"),
+                n("interval_seconds"),
+                n("probes")
+            );
+        }
+        Some(_) => println!("keepalive  off"),
+        None => {}
+    }
     for l in s
         .get("listeners")
         .and_then(Value::as_array)
@@ -258,8 +284,13 @@ pub fn print_status(s: &Value) {
             version @ ("v1" | "v2") => format!(" (PROXY protocol {version})"),
             _ => String::new(),
         };
+        let tls13_only = if str_of(l, "min_tls_version") == "TLSv1.3" {
+            " (TLS 1.3 only)"
+        } else {
+            ""
+        };
         println!(
-            "listener   {}: {} -> {}{proxy_protocol}",
+            "listener   {}: {} -> {}{proxy_protocol}{tls13_only}",
             str_of(l, "name"),
             str_of(l, "bind"),
             str_of(l, "backend")

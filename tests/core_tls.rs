@@ -456,3 +456,54 @@ async fn tls13_client_ca_change_ends_resumption() {
 async fn tls12_client_ca_change_ends_resumption() {
     client_ca_change_ends_resumption(&rustls::version::TLS12).await;
 }
+
+/// `tls.min_version: "1.3"` turns TLS 1.2 clients away with a
+/// protocol_version alert from the reload on, while a connection a TLS 1.2
+/// client opened before it keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls12_clients_are_refused_once_min_version_is_1_3() {
+    let site = Site::new();
+    let backend = EchoBackend::start().await;
+    site.cert("a", &["localhost"]);
+    let bind = free_addr();
+    site.publish(&simple_config(bind, backend.addr, "a"));
+    let mut d = Daemon::start(&site.config).await;
+    let tls12 = resuming_client(&site, &rustls::version::TLS12);
+    let mut old = connected(bind, "localhost", tls12.clone()).await;
+    echo_round_trip(&mut old, b"1.2").await;
+    assert_eq!(
+        old.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+
+    site.publish(&simple_config(bind, backend.addr, "a").replacen(
+        "      certificates:\n",
+        "      min_version: \"1.3\"\n      certificates:\n",
+        1,
+    ));
+    let line = d.reload().await;
+    assert!(line.contains("reload committed"), "{line}");
+    assert!(line.contains("listener-settings-changed"), "{line}");
+    let refused = tokio::time::timeout(WAIT, connect(bind, "localhost", tls12))
+        .await
+        .expect("connect timed out");
+    match refused {
+        Ok(_) => panic!("a TLS 1.2 client was served by a TLS 1.3-only listener"),
+        Err(e) => assert!(e.to_string().contains("ProtocolVersion"), "{e}"),
+    }
+    let tls13 = resuming_client(&site, &rustls::version::TLS13);
+    let mut new = connected(bind, "localhost", tls13).await;
+    echo_round_trip(&mut new, b"1.3").await;
+    echo_round_trip(&mut old, b"still 1.2").await;
+
+    let status = status_json(&site.config).await;
+    assert_eq!(
+        status["listeners"][0]["min_tls_version"], "TLSv1.3",
+        "{status}"
+    );
+    let (code, out, err) = stayup(&["status", "--config", site.config.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("(TLS 1.3 only)"), "{out}");
+    drop((old, new));
+    assert!(d.stop().await.success());
+}

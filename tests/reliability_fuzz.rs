@@ -103,6 +103,10 @@ drain:
 limits:
   max_connections: 1000
   idle_timeout: 5m
+tcp_keepalive:
+  idle: 2m
+  interval: 30s
+  probes: 4
 "#;
 
 /// One edit of a byte string: position and length are taken modulo the
@@ -203,6 +207,11 @@ const KEYS: &[&str] = &[
     "idle_timeout",
     "backend_connect_timeout",
     "allow_insecure_key_permissions",
+    "tcp_keepalive",
+    "idle",
+    "interval",
+    "probes",
+    "min_version",
     "bogus",
 ];
 

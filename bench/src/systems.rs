@@ -144,7 +144,7 @@ impl Env {
 /// the default).
 pub fn stayup_yaml(port: u16, backend: u16, certs: &[&CertFiles], watch: bool) -> String {
     let mut y = format!(
-        "listeners:\n  - name: bench\n    bind: \"127.0.0.1:{port}\"\n    backend: \"127.0.0.1:{backend}\"\n    tls:\n      session_resumption: false\n      certificates:\n"
+        "listeners:\n  - name: bench\n    bind: \"127.0.0.1:{port}\"\n    backend: \"127.0.0.1:{backend}\"\n    tls:\n      session_resumption: false\n      min_version: \"1.3\"\n      certificates:\n"
     );
     for c in certs {
         y.push_str(&format!(
@@ -154,7 +154,7 @@ pub fn stayup_yaml(port: u16, backend: u16, certs: &[&CertFiles], watch: bool) -
         ));
     }
     y.push_str(&format!(
-        "control:\n  socket: stayup.sock\nreload:\n  watch: {watch}\n  debounce: {}ms\n  poll: 0s\nshutdown:\n  timeout: 1s\nlog:\n  level: warn\n",
+        "control:\n  socket: stayup.sock\nreload:\n  watch: {watch}\n  debounce: {}ms\n  poll: 0s\nshutdown:\n  timeout: 1s\nlog:\n  level: warn\ntcp_keepalive:\n  idle: 0\n",
         DEBOUNCE.as_millis()
     ));
     y

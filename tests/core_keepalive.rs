@@ -1,0 +1,260 @@
+//! TCP keepalive (`tcp_keepalive`) on both of a connection's sockets, read
+//! back from the kernel's own table of sockets (`/proc/net/tcp`): on by
+//! default, set as configured, changed by a reload for new connections
+//! while open ones keep theirs, and harmless to a live connection that is
+//! merely quiet.
+
+mod common;
+use common::*;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// One IPv4 socket as the kernel lists it in `/proc/net/tcp`.
+#[derive(Debug, Clone, Copy)]
+struct KernelSocket {
+    local_port: u16,
+    remote_port: u16,
+    /// The timer the kernel has armed: 0 none, 1 retransmission, 2 keepalive,
+    /// 4 zero-window probe.
+    timer: u8,
+    /// When that timer fires, from now.
+    expires_in: Duration,
+}
+
+fn kernel_sockets() -> Vec<KernelSocket> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let port = |addr: &str| {
+        let hex = addr.rsplit(':').next().expect("address:port");
+        u16::from_str_radix(hex, 16).expect("hex port")
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (timer, when) = f.get(5)?.split_once(':')?;
+            Some(KernelSocket {
+                local_port: port(f.get(1)?),
+                remote_port: port(f.get(2)?),
+                timer: u8::from_str_radix(timer, 16).ok()?,
+                // In clock ticks, which are 1/100 s on Linux (USER_HZ).
+                expires_in: Duration::from_millis(u64::from_str_radix(when, 16).ok()? * 10),
+            })
+        })
+        .collect()
+}
+
+/// Waits until the kernel lists a socket matching `which` and `settled`
+/// (right after traffic a socket may still show its retransmission timer
+/// until the peer's acknowledgement arrives).
+async fn kernel_socket(
+    which: impl Fn(&KernelSocket) -> bool,
+    settled: impl Fn(&KernelSocket) -> bool,
+    what: &str,
+) -> KernelSocket {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let found: Vec<KernelSocket> = kernel_sockets().into_iter().filter(&which).collect();
+        if let Some(s) = found.iter().find(|s| settled(s)) {
+            return *s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the kernel lists {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn keepalive_within(idle: Duration) -> impl Fn(&KernelSocket) -> bool {
+    move |s| s.timer == 2 && s.expires_in <= idle && s.expires_in + Duration::from_secs(10) > idle
+}
+
+fn no_timer(s: &KernelSocket) -> bool {
+    s.timer == 0
+}
+
+/// stayup's two sockets of the connection `client` opened: the one it
+/// accepted (local port = the listener's, remote = the client's), and the one
+/// it opened to the backend (found by the port the backend saw it from).
+struct Sides {
+    client_port: u16,
+    backend_port: u16,
+}
+
+async fn open(
+    site: &Site,
+    bind: SocketAddr,
+    backend: &EchoBackend,
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Sides,
+) {
+    let before: Vec<u16> = stayup_to_backend(backend.addr);
+    let mut s = connected(bind, "localhost", site.client()).await;
+    echo_round_trip(&mut s, b"hello").await;
+    let client_port = s.get_ref().0.local_addr().expect("local addr").port();
+    let backend_port = stayup_to_backend(backend.addr)
+        .into_iter()
+        .find(|p| !before.contains(p))
+        .expect("stayup's socket to the backend");
+    (
+        s,
+        Sides {
+            client_port,
+            backend_port,
+        },
+    )
+}
+
+/// Local ports of the sockets connected to the backend (only stayup connects
+/// to this test's backend).
+fn stayup_to_backend(backend: SocketAddr) -> Vec<u16> {
+    kernel_sockets()
+        .into_iter()
+        .filter(|s| s.remote_port == backend.port())
+        .map(|s| s.local_port)
+        .collect()
+}
+
+async fn assert_sides(bind: SocketAddr, sides: &Sides, settled: impl Fn(&KernelSocket) -> bool) {
+    let (client_port, backend_port) = (sides.client_port, sides.backend_port);
+    kernel_socket(
+        |s| s.local_port == bind.port() && s.remote_port == client_port,
+        &settled,
+        "stayup's socket to the client",
+    )
+    .await;
+    kernel_socket(
+        |s| s.local_port == backend_port,
+        &settled,
+        "stayup's socket to the backend",
+    )
+    .await;
+}
+
+fn config(bind: SocketAddr, backend: SocketAddr, keepalive: &str) -> String {
+    format!("{}{keepalive}", simple_config(bind, backend, "a"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_is_set_on_both_sockets_and_a_reload_changes_it_for_new_connections() {
+    let site = Site::new();
+    site.cert("a", &["localhost"]);
+    let backend = EchoBackend::start().await;
+    let bind = free_addr();
+    site.publish(&config(
+        bind,
+        backend.addr,
+        "tcp_keepalive:\n  idle: 45s\n  interval: 5s\n  probes: 3\n",
+    ));
+    let mut d = Daemon::start(&site.config).await;
+
+    let (mut first, first_sides) = open(&site, bind, &backend).await;
+    assert_sides(
+        bind,
+        &first_sides,
+        keepalive_within(Duration::from_secs(45)),
+    )
+    .await;
+    let status = status_json(&site.config).await;
+    assert_eq!(
+        status["tcp_keepalive"],
+        serde_json::json!({"idle_seconds": 45, "interval_seconds": 5, "probes": 3}),
+        "{status}"
+    );
+    let config_path = site.config.to_str().expect("utf-8 path");
+    let (code, out, err) = stayup(&["status", "--config", config_path]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("keepalive  idle 45s, interval 5s, 3 probes"),
+        "{out}"
+    );
+
+    // Off: new connections have no keepalive timer; the open one keeps its own.
+    site.publish(&config(bind, backend.addr, "tcp_keepalive:\n  idle: 0\n"));
+    let line = d.reload().await;
+    assert!(line.contains("reload committed"), "{line}");
+    assert!(line.contains("tcp_keepalive"), "{line}");
+    let (_second, second_sides) = open(&site, bind, &backend).await;
+    assert_sides(bind, &second_sides, no_timer).await;
+    assert_sides(
+        bind,
+        &first_sides,
+        keepalive_within(Duration::from_secs(45)),
+    )
+    .await;
+    assert!(status_json(&site.config).await["tcp_keepalive"].is_null());
+
+    // Without the section: the default, two minutes.
+    site.publish(&config(bind, backend.addr, ""));
+    let line = d.reload().await;
+    assert!(line.contains("reload committed"), "{line}");
+    let (_third, third_sides) = open(&site, bind, &backend).await;
+    assert_sides(
+        bind,
+        &third_sides,
+        keepalive_within(Duration::from_secs(120)),
+    )
+    .await;
+
+    echo_round_trip(&mut first, b"still here").await;
+    drop((first, _second, _third));
+    assert!(d.stop().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_connection_answers_probes_and_stays_open() {
+    let site = Site::new();
+    site.cert("a", &["localhost"]);
+    let backend = EchoBackend::start().await;
+    let bind = free_addr();
+    site.publish(&config(
+        bind,
+        backend.addr,
+        "tcp_keepalive:\n  idle: 1s\n  interval: 1s\n  probes: 1\n",
+    ));
+    let d = Daemon::start(&site.config).await;
+    let (mut s, sides) = open(&site, bind, &backend).await;
+    // Silence for several rounds of idle time plus the one probe allowed to
+    // go unanswered: every probe is answered by the client's kernel, so the
+    // connection must still be there. The waiting is the behaviour tested.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_sides(bind, &sides, keepalive_within(Duration::from_secs(1))).await;
+    echo_round_trip(&mut s, b"after the silence").await;
+    drop(s);
+    assert!(d.stop().await.success());
+}
+
+#[tokio::test]
+async fn check_refuses_keepalive_settings_the_kernel_cannot_take() {
+    let site = Site::new();
+    site.cert("a", &["localhost"]);
+    for (keepalive, reason) in [
+        (
+            "idle: 500ms",
+            "tcp_keepalive.idle \"500ms\" must be whole seconds",
+        ),
+        (
+            "interval: 0",
+            "tcp_keepalive.interval \"0\" must be at least 1s",
+        ),
+        (
+            "probes: 200",
+            "tcp_keepalive.probes 200 must be between 1 and 127",
+        ),
+    ] {
+        site.publish(&config(
+            free_addr(),
+            free_addr(),
+            &format!("tcp_keepalive:\n  {keepalive}\n"),
+        ));
+        let (code, _out, err) = check(&site.config);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains("stayup.yaml:12:") && err.contains(reason),
+            "{err}"
+        );
+    }
+}
