@@ -336,6 +336,10 @@ pub enum LogFormat {
 pub struct LogConfig {
     pub level: String,
     pub format: LogFormat,
+    /// One line per connection when it ends (client, SNI, TLS version,
+    /// generation, bytes, duration, how it ended), like HAProxy's `tcplog`
+    /// or nginx's stream `access_log`.
+    pub connections: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -521,6 +525,8 @@ struct RawShutdown {
 struct RawLog {
     #[serde(default)]
     level: Option<Spanned<String>>,
+    #[serde(default)]
+    connections: Option<bool>,
     #[serde(default)]
     format: Option<Spanned<String>>,
 }
@@ -989,7 +995,11 @@ impl Config {
             reload,
             drain,
             shutdown,
-            log: LogConfig { level, format },
+            log: LogConfig {
+                level,
+                format,
+                connections: log_raw.and_then(|l| l.connections).unwrap_or(false),
+            },
             limits,
             tcp_keepalive,
             warn_expiry,

@@ -290,6 +290,68 @@ async fn close_gently(mut tcp: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_millis(250), drain).await;
 }
 
+/// How a connection ended, for the connection log (`log.connections`).
+enum End {
+    /// Turned away by `max_connections` (the listener's or the total).
+    Refused(&'static str),
+    /// Its error says what the client did wrong (an unknown CA, no common
+    /// protocol, no certificate where one is required) or that it left.
+    HandshakeFailed(std::io::Error),
+    HandshakeTimeout,
+    BackendFailed(String),
+    /// Both sides finished.
+    Closed,
+    IdleTimeout,
+    /// A side failed (a reset, a broken pipe, a keepalive that went
+    /// unanswered).
+    Error(std::io::Error),
+    /// Closed by `drain.timeout`: its generation had been superseded.
+    Drained,
+    /// Closed by the stop (its deadline, or a second stop signal).
+    Stopped,
+}
+
+impl End {
+    fn as_str(&self) -> &'static str {
+        match self {
+            End::Refused(_) => "refused",
+            End::HandshakeFailed(_) => "handshake-failed",
+            End::HandshakeTimeout => "handshake-timeout",
+            End::BackendFailed(_) => "backend-failed",
+            End::Closed => "closed",
+            End::IdleTimeout => "idle-timeout",
+            End::Error(_) => "error",
+            End::Drained => "drained",
+            End::Stopped => "stopped",
+        }
+    }
+
+    fn detail(&self) -> Option<String> {
+        match self {
+            End::Refused(why) => Some((*why).to_string()),
+            End::HandshakeFailed(e) | End::Error(e) => Some(e.to_string()),
+            End::BackendFailed(e) => Some(e.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// What a connection learned on its way, kept outside its handling so that
+/// the log line has it even when the drain or the stop cut the handling
+/// short. The strings are only copied when connections are logged.
+#[derive(Default)]
+struct Seen {
+    bytes_in: u64,
+    bytes_out: u64,
+    tls: Option<Box<TlsSeen>>,
+}
+
+struct TlsSeen {
+    version: &'static str,
+    sni: Option<String>,
+    alpn: Option<String>,
+}
+
 async fn serve(
     ctx: Arc<ProxyContext>,
     generation: Arc<Generation>,
@@ -300,39 +362,86 @@ async fn serve(
     let Some(listener) = generation.listener_for(addr) else {
         return;
     };
+    let started = std::time::Instant::now();
+    // Logged while the connection still counts as open, so that once
+    // status shows it gone its line has been written.
+    let log = |end: End, seen: &Seen| log_end(&generation, listener, peer, started, seen, &end);
     let limits = &generation.config.limits;
     let Some(_total) = take_slot(&ctx.total_open, limits.max_connections) else {
         ctx.counters
             .refused_over_limit
             .fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(listener = %listener.name, %peer, "connection refused: limits.max_connections reached");
         Box::pin(close_gently(tcp)).await;
+        log(
+            End::Refused("limits.max_connections reached"),
+            &Seen::default(),
+        );
         return;
     };
     let Some(_own) = take_slot(&listener.stats.open, listener.max_connections) else {
         ctx.counters
             .refused_over_limit
             .fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(listener = %listener.name, %peer, "connection refused: max_connections reached");
         drop(_total);
         Box::pin(close_gently(tcp)).await;
+        log(End::Refused("max_connections reached"), &Seen::default());
         return;
     };
     let _guard = generation.track();
     let _ = tcp.set_nodelay(true);
     set_keepalive(&tcp, &generation.config.tcp_keepalive);
 
-    let stopped = async {
-        tokio::select! {
-            _ = generation.drain.cancelled() => {}
-            _ = ctx.hard_stop.cancelled() => {}
-        }
-    };
-    tokio::select! {
-        _ = stopped => {
+    let mut seen = Seen::default();
+    let end = tokio::select! {
+        _ = generation.drain.cancelled() => {
             ctx.counters.drained.fetch_add(1, Ordering::Relaxed);
+            End::Drained
         }
-        _ = handle(&ctx, &generation, listener, tcp, peer) => {}
+        _ = ctx.hard_stop.cancelled() => {
+            ctx.counters.drained.fetch_add(1, Ordering::Relaxed);
+            End::Stopped
+        }
+        end = handle(&ctx, &generation, listener, tcp, peer, &mut seen) => end,
+    };
+    log(end, &seen);
+}
+
+/// The connection log's line (`log.connections`), or without it a debug
+/// line for a connection that did not end normally.
+fn log_end(
+    generation: &Generation,
+    listener: &ListenerRuntime,
+    peer: SocketAddr,
+    started: std::time::Instant,
+    seen: &Seen,
+    end: &End,
+) {
+    if generation.config.log.connections {
+        let tls = seen.tls.as_deref();
+        tracing::info!(
+            target: "stayup::connection",
+            listener = %listener.name,
+            generation = generation.id,
+            client = %peer,
+            sni = %tls.and_then(|t| t.sni.as_deref()).unwrap_or("-"),
+            tls = %tls.map(|t| t.version).unwrap_or("-"),
+            alpn = %tls.and_then(|t| t.alpn.as_deref()).unwrap_or("-"),
+            backend = %listener.backend,
+            duration_ms = started.elapsed().as_millis() as u64,
+            bytes_in = seen.bytes_in,
+            bytes_out = seen.bytes_out,
+            end = %end.as_str(),
+            reason = end.detail().as_deref(),
+            "connection"
+        );
+    } else if !matches!(end, End::Closed | End::Drained | End::Stopped) {
+        tracing::debug!(
+            listener = %listener.name,
+            %peer,
+            end = %end.as_str(),
+            reason = end.detail().as_deref(),
+            "connection ended"
+        );
     }
 }
 
@@ -342,7 +451,8 @@ async fn handle(
     listener: &ListenerRuntime,
     tcp: TcpStream,
     peer: SocketAddr,
-) {
+    seen: &mut Seen,
+) -> End {
     let own = &listener.stats;
     // The handshake and the backend connect are boxed: a future's size is
     // that of its largest state, and these transient ones would otherwise
@@ -359,20 +469,28 @@ async fn handle(
                 .handshakes_failed
                 .fetch_add(1, Ordering::Relaxed);
             own.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(listener = %listener.name, %peer, error = %e, "TLS handshake failed");
-            return;
+            return End::HandshakeFailed(e);
         }
         Err(_) => {
             ctx.counters
                 .handshake_timeouts
                 .fetch_add(1, Ordering::Relaxed);
             own.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(listener = %listener.name, %peer, "TLS handshake timed out");
-            return;
+            return End::HandshakeTimeout;
         }
     };
     ctx.counters.handshakes_ok.fetch_add(1, Ordering::Relaxed);
     own.handshakes_ok.fetch_add(1, Ordering::Relaxed);
+    if generation.config.log.connections {
+        let conn = tls.get_ref().1;
+        seen.tls = Some(Box::new(TlsSeen {
+            version: tls_version_name(conn.protocol_version()).unwrap_or("-"),
+            sni: conn.server_name().map(str::to_string),
+            alpn: conn
+                .alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
+        }));
+    }
     let backend = &listener.backend;
     let header = match listener.backend_proxy_protocol {
         ProxyProtocol::None => Vec::new(),
@@ -405,16 +523,18 @@ async fn handle(
             ctx.counters
                 .backend_failures
                 .fetch_add(1, Ordering::Relaxed);
-            match failed {
+            let reason = match failed {
                 Ok(Err((what, e))) => {
                     tracing::warn!(listener = %listener.name, backend = %backend, error = %e, "{what}");
+                    format!("{what}: {e}")
                 }
                 _ => {
                     tracing::warn!(listener = %listener.name, backend = %backend, "backend connect timed out");
+                    "backend connect timed out".to_string()
                 }
-            }
+            };
             let _ = tls.shutdown().await;
-            return;
+            return End::BackendFailed(reason);
         }
     };
     let idle = generation.config.limits.idle_timeout;
@@ -427,28 +547,36 @@ async fn handle(
             .fetch_add(down, Ordering::Relaxed);
         own.bytes_from_clients.fetch_add(up, Ordering::Relaxed);
         own.bytes_to_clients.fetch_add(down, Ordering::Relaxed);
+        seen.bytes_in += up;
+        seen.bytes_out += down;
     };
     // Writes to the client are sent a burst at a time, and the last ones
     // with the close_notify (see `batch`).
     let mut client = crate::batch::BatchedTls(&mut tls);
     match crate::pipe::copy_with_idle_timeout(&mut client, &mut upstream, idle, count).await {
-        Ok(_) => {}
+        Ok(_) => End::Closed,
         Err(e) if crate::pipe::is_idle_timeout(&e) => {
-            tracing::debug!(listener = %listener.name, %peer, "connection closed: idle timeout");
             // stayup's own decision: end the TLS session properly
             // (close_notify) so the client sees a clean close, but never
             // wait long for a client that does not read.
             let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+            End::IdleTimeout
         }
-        Err(e) => {
-            // A side failed (a reset, a broken pipe). No close_notify: if the
-            // client's side failed there is nobody to send it to, and if the
-            // backend's did, the stream was cut short and a close_notify
-            // would tell the client it ended complete; closing without one
-            // lets the client tell a truncated stream from a finished one
-            // (HAProxy and nginx do the same).
-            tracing::debug!(listener = %listener.name, %peer, error = %e, "connection ended with an error");
-        }
+        // A side failed (a reset, a broken pipe). No close_notify: if the
+        // client's side failed there is nobody to send it to, and if the
+        // backend's did, the stream was cut short and a close_notify would
+        // tell the client it ended complete; closing without one lets the
+        // client tell a truncated stream from a finished one (HAProxy and
+        // nginx do the same).
+        Err(e) => End::Error(e),
+    }
+}
+
+fn tls_version_name(version: Option<rustls::ProtocolVersion>) -> Option<&'static str> {
+    match version {
+        Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),
+        Some(rustls::ProtocolVersion::TLSv1_2) => Some("TLSv1.2"),
+        _ => None,
     }
 }
 
@@ -464,11 +592,7 @@ fn proxy_connection(
         local: tcp.local_addr().ok(),
         alpn: conn.alpn_protocol(),
         server_name: conn.server_name(),
-        tls_version: match conn.protocol_version() {
-            Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),
-            Some(rustls::ProtocolVersion::TLSv1_2) => Some("TLSv1.2"),
-            _ => None,
-        },
+        tls_version: tls_version_name(conn.protocol_version()),
         client_cn: client_cert.and_then(|c| crate::proxy_protocol::common_name(c)),
         client_cert: client_cert.is_some(),
     }

@@ -329,6 +329,11 @@ pub fn diff(old: &Generation, new: &Generation) -> Vec<Change> {
     );
     setting("log.level", a.log.level.clone(), b.log.level.clone());
     setting(
+        "log.connections",
+        a.log.connections.to_string(),
+        b.log.connections.to_string(),
+    );
+    setting(
         "log.format (applies after a restart)",
         format!("{:?}", a.log.format),
         format!("{:?}", b.log.format),

@@ -1,6 +1,7 @@
 //! Logs: `log.format: json` gives one JSON object per line, every reload
 //! outcome is exactly one line with generation, trigger, result and reason,
-//! and `log.level` follows reloads.
+//! `log.level` follows reloads, and `log.connections` gives one line per
+//! connection.
 
 mod common;
 
@@ -119,6 +120,105 @@ async fn log_level_follows_reloads() {
     let out = d.output();
     assert!(!out.contains("reload committed generation=3"), "{out}");
     assert!(!out.contains("reload committed generation=4"), "{out}");
+}
+
+/// A connection through the daemon: TLS, one echo, a clean close by the
+/// client; returns the client's port, by which its log line is found.
+async fn one_connection(site: &Site, bind: SocketAddr) -> u16 {
+    use tokio::io::AsyncWriteExt;
+    let mut s = connected(bind, "localhost", site.client()).await;
+    let port = s.get_ref().0.local_addr().expect("local addr").port();
+    echo_round_trip(&mut s, b"hello").await;
+    s.shutdown().await.expect("close_notify");
+    let rest = read_to_close(&mut s).await.expect("a clean close");
+    assert!(rest.is_empty());
+    port
+}
+
+/// Waits until the daemon has no connection open.
+async fn wait_no_connections(site: &Site) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let s = status_json(&site.config).await;
+        if s["connections"]["active"] == 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_log_has_one_line_per_connection_and_follows_reloads() {
+    let site = Site::new();
+    let backend = EchoBackend::start().await;
+    site.cert("a", &["localhost"]);
+    let bind = addr();
+    let config = |connections: bool| {
+        format!(
+            "{}log:\n  format: json\n  connections: {connections}\n",
+            simple_config(bind, backend.addr, "a")
+        )
+    };
+    site.publish(&config(true));
+    let mut d = Daemon::start(&site.config).await;
+
+    let port = one_connection(&site, bind).await;
+    let line = d
+        .wait_for(&format!("\"client\":\"127.0.0.1:{port}\""))
+        .await;
+    let v: Value = serde_json::from_str(&line).expect("JSON line");
+    assert_eq!(v["target"], "stayup::connection", "{line}");
+    assert_eq!(v["level"], "INFO", "{line}");
+    assert_eq!(v["message"], "connection", "{line}");
+    assert_eq!(v["listener"], "web", "{line}");
+    assert_eq!(v["generation"], 1, "{line}");
+    assert_eq!(v["sni"], "localhost", "{line}");
+    assert_eq!(v["tls"], "TLSv1.3", "{line}");
+    assert_eq!(v["alpn"], "-", "{line}");
+    assert_eq!(v["backend"], backend.addr.to_string(), "{line}");
+    assert_eq!(v["bytes_in"], 5, "{line}");
+    assert_eq!(v["bytes_out"], 5, "{line}");
+    assert_eq!(v["end"], "closed", "{line}");
+    assert!(v["duration_ms"].is_u64(), "{line}");
+
+    // A client that does not trust the certificate: the handshake's failure
+    // and the client's alert, and no backend connection.
+    let stranger = stayup::pki::Ca::new("a CA nobody here knows").expect("CA");
+    let tcp = tokio::net::TcpStream::connect(bind).await.expect("connect");
+    let port = tcp.local_addr().expect("local addr").port();
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let refused = tokio_rustls::TlsConnector::from(client_config(&stranger.pem.cert, None))
+        .connect(name, tcp)
+        .await;
+    assert!(
+        refused.is_err(),
+        "a client that trusts another CA was served"
+    );
+    let line = d
+        .wait_for(&format!("\"client\":\"127.0.0.1:{port}\""))
+        .await;
+    let v: Value = serde_json::from_str(&line).expect("JSON line");
+    assert_eq!(v["end"], "handshake-failed", "{line}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("received fatal alert")),
+        "{line}"
+    );
+    assert_eq!(v["tls"], "-", "{line}");
+    assert_eq!(v["bytes_in"], 0, "{line}");
+
+    // Off by a reload: a connection of the new generation leaves no line.
+    site.publish(&config(false));
+    let line = d.reload().await;
+    assert!(line.contains("log.connections"), "{line}");
+    let port = one_connection(&site, bind).await;
+    wait_no_connections(&site).await;
+    let client = format!("\"client\":\"127.0.0.1:{port}\"");
+    assert!(!d.output().contains(&client), "{}", d.output());
+    d.signal("TERM");
+    assert!(d.wait_exit().await.success());
 }
 
 async fn wait_generation(site: &Site, generation: u64) {
