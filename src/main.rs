@@ -272,12 +272,17 @@ fn print_candidate(c: &stayup::reloader::Candidate, _shared: &Arc<Shared>, now: 
     );
     for (l, m) in c.config.listeners.iter().zip(&c.material.listeners) {
         println!(
-            "listener {}: {} -> {}{}",
+            "listener {}: {} -> {}{}{}",
             l.name,
             l.bind,
             l.backend,
             if l.tls.client_ca.is_some() {
                 ", client certificates required"
+            } else {
+                ""
+            },
+            if l.tls.min_version == stayup::config::TlsVersion::Tls13 {
+                ", TLS 1.3 only"
             } else {
                 ""
             }

@@ -35,7 +35,7 @@ fn check_describes_a_valid_configuration() {
         ),
         listener_yaml("api", api, "127.0.0.1:9090".parse().unwrap(), &["wild"]).replacen(
             "      certificates:\n",
-            "      client_ca: ca/clients.pem\n      certificates:\n",
+            "      client_ca: ca/clients.pem\n      min_version: \"1.3\"\n      certificates:\n",
             1
         ),
     );
@@ -48,7 +48,9 @@ fn check_describes_a_valid_configuration() {
     for want in [
         format!("{config}: valid"),
         format!("listener web: {web} -> 127.0.0.1:8080\n"),
-        format!("listener api: {api} -> 127.0.0.1:9090, client certificates required"),
+        format!(
+            "listener api: {api} -> 127.0.0.1:9090, client certificates required, TLS 1.3 only\n"
+        ),
         format!("{} (default)", site.path("certs/alpha.pem").display()),
         "CN=alpha.example.test".to_string(),
         "alpha.example.test, www.alpha.example.test".to_string(),
