@@ -932,11 +932,16 @@ impl Config {
                  -> Result<Duration, ConfigError> {
                     let d = duration(s, what, default)?;
                     let problem = if d.is_zero() {
-                        (!zero_allowed).then_some("must be at least 1s")
+                        (!zero_allowed).then(|| "must be at least 1s".to_string())
                     } else if d.subsec_nanos() != 0 {
-                        Some("must be whole seconds (the kernel counts keepalive time in seconds)")
+                        Some(
+                            "must be whole seconds (the kernel counts keepalive time in seconds)"
+                                .to_string(),
+                        )
                     } else if d.as_secs() > MAX_KEEPALIVE_SECS {
-                        Some("must be at most 32767s (the kernel's limit)")
+                        Some(format!(
+                            "must be at most {MAX_KEEPALIVE_SECS}s (the kernel's limit)"
+                        ))
                     } else {
                         None
                     };

@@ -170,9 +170,17 @@ fn runtime(fut: impl std::future::Future<Output = u8>) -> ExitCode {
 
 type FilterHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
 
-fn filter_for(level: &str) -> EnvFilter {
+/// The filter for `log.level`. The connection log is asked for on its own
+/// (`log.connections`), so it is shown at any level.
+fn filter_for(log: &stayup::config::LogConfig) -> EnvFilter {
+    let level = log.level.as_str();
     let others = if level == "error" { "error" } else { "warn" };
-    EnvFilter::new(format!("{others},stayup={level}"))
+    let connections = if log.connections {
+        ",stayup::connection=info"
+    } else {
+        ""
+    };
+    EnvFilter::new(format!("{others},stayup={level}{connections}"))
 }
 
 /// Sets up logging to stderr. `RUST_LOG`, when set, overrides the
@@ -181,7 +189,7 @@ fn init_logging(format: LogFormat) -> Option<FilterHandle> {
     let from_env = std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty());
     let filter = match &from_env {
         Some(s) => EnvFilter::new(s),
-        None => filter_for("info"),
+        None => EnvFilter::new("warn,stayup=info"),
     };
     let (filter, handle) = reload::Layer::new(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -221,12 +229,12 @@ fn run(config: PathBuf) -> ExitCode {
     };
     let mut hooks: Vec<CommitHook> = Vec::new();
     if let Some(handle) = filter {
-        let last = std::sync::Mutex::new(String::new());
+        let last = std::sync::Mutex::new(None);
         hooks.push(Box::new(move |g: &Generation| {
             let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
-            if *last != g.config.log.level {
-                last.clone_from(&g.config.log.level);
-                let _ = handle.modify(|f| *f = filter_for(&g.config.log.level));
+            if last.as_ref() != Some(&g.config.log) {
+                *last = Some(g.config.log.clone());
+                let _ = handle.modify(|f| *f = filter_for(&g.config.log));
             }
         }));
     }

@@ -350,6 +350,8 @@ struct TlsSeen {
     version: &'static str,
     sni: Option<String>,
     alpn: Option<String>,
+    /// The common name of a client certificate verified against `client_ca`.
+    client_cn: Option<String>,
 }
 
 async fn serve(
@@ -371,11 +373,11 @@ async fn serve(
         ctx.counters
             .refused_over_limit
             .fetch_add(1, Ordering::Relaxed);
-        Box::pin(close_gently(tcp)).await;
         log(
             End::Refused("limits.max_connections reached"),
             &Seen::default(),
         );
+        Box::pin(close_gently(tcp)).await;
         return;
     };
     let Some(_own) = take_slot(&listener.stats.open, listener.max_connections) else {
@@ -383,8 +385,8 @@ async fn serve(
             .refused_over_limit
             .fetch_add(1, Ordering::Relaxed);
         drop(_total);
-        Box::pin(close_gently(tcp)).await;
         log(End::Refused("max_connections reached"), &Seen::default());
+        Box::pin(close_gently(tcp)).await;
         return;
     };
     let _guard = generation.track();
@@ -426,6 +428,7 @@ fn log_end(
             sni = %tls.and_then(|t| t.sni.as_deref()).unwrap_or("-"),
             tls = %tls.map(|t| t.version).unwrap_or("-"),
             alpn = %tls.and_then(|t| t.alpn.as_deref()).unwrap_or("-"),
+            client_cn = tls.and_then(|t| t.client_cn.as_deref()),
             backend = %listener.backend,
             duration_ms = started.elapsed().as_millis() as u64,
             bytes_in = seen.bytes_in,
@@ -489,6 +492,10 @@ async fn handle(
             alpn: conn
                 .alpn_protocol()
                 .map(|p| String::from_utf8_lossy(p).into_owned()),
+            client_cn: conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| crate::proxy_protocol::common_name(c)),
         }));
     }
     let backend = &listener.backend;

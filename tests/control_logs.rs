@@ -122,11 +122,12 @@ async fn log_level_follows_reloads() {
     assert!(!out.contains("reload committed generation=4"), "{out}");
 }
 
-/// A connection through the daemon: TLS, one echo, a clean close by the
-/// client; returns the client's port, by which its log line is found.
-async fn one_connection(site: &Site, bind: SocketAddr) -> u16 {
+/// A connection through the daemon: TLS with a client certificate, one
+/// echo, a clean close by the client; returns the client's port, by which
+/// its log line is found.
+async fn one_connection(bind: SocketAddr, client: std::sync::Arc<rustls::ClientConfig>) -> u16 {
     use tokio::io::AsyncWriteExt;
-    let mut s = connected(bind, "localhost", site.client()).await;
+    let mut s = connected(bind, "localhost", client).await;
     let port = s.get_ref().0.local_addr().expect("local addr").port();
     echo_round_trip(&mut s, b"hello").await;
     s.shutdown().await.expect("close_notify");
@@ -148,25 +149,37 @@ async fn wait_no_connections(site: &Site) {
     }
 }
 
+fn client_line(port: u16) -> String {
+    format!("\"client\":\"127.0.0.1:{port}\"")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_log_has_one_line_per_connection_and_follows_reloads() {
     let site = Site::new();
     let backend = EchoBackend::start().await;
     site.cert("a", &["localhost"]);
+    let clients = stayup::pki::Ca::new("stayup test client CA").expect("CA");
+    site.write("ca/clients.pem", &clients.pem.cert);
+    let mut spec = stayup::pki::LeafSpec::server(&["alice.example.test"]);
+    spec.client = true;
+    spec.common_name = "alice".into();
+    let alice = client_config(&site.ca.pem.cert, Some(&clients.leaf(&spec).expect("leaf")));
     let bind = addr();
-    let config = |connections: bool| {
+    let config = |connections: bool, level: &str| {
         format!(
-            "{}log:\n  format: json\n  connections: {connections}\n",
-            simple_config(bind, backend.addr, "a")
+            "{}log:\n  format: json\n  level: {level}\n  connections: {connections}\n",
+            simple_config(bind, backend.addr, "a").replacen(
+                "      certificates:\n",
+                "      client_ca: ca/clients.pem\n      certificates:\n",
+                1
+            )
         )
     };
-    site.publish(&config(true));
+    site.publish(&config(true, "info"));
     let mut d = Daemon::start(&site.config).await;
 
-    let port = one_connection(&site, bind).await;
-    let line = d
-        .wait_for(&format!("\"client\":\"127.0.0.1:{port}\""))
-        .await;
+    let port = one_connection(bind, alice.clone()).await;
+    let line = d.wait_for(&client_line(port)).await;
     let v: Value = serde_json::from_str(&line).expect("JSON line");
     assert_eq!(v["target"], "stayup::connection", "{line}");
     assert_eq!(v["level"], "INFO", "{line}");
@@ -176,11 +189,13 @@ async fn connection_log_has_one_line_per_connection_and_follows_reloads() {
     assert_eq!(v["sni"], "localhost", "{line}");
     assert_eq!(v["tls"], "TLSv1.3", "{line}");
     assert_eq!(v["alpn"], "-", "{line}");
+    assert_eq!(v["client_cn"], "alice", "{line}");
     assert_eq!(v["backend"], backend.addr.to_string(), "{line}");
     assert_eq!(v["bytes_in"], 5, "{line}");
     assert_eq!(v["bytes_out"], 5, "{line}");
     assert_eq!(v["end"], "closed", "{line}");
     assert!(v["duration_ms"].is_u64(), "{line}");
+    assert!(v.get("reason").is_none(), "{line}");
 
     // A client that does not trust the certificate: the handshake's failure
     // and the client's alert, and no backend connection.
@@ -195,9 +210,7 @@ async fn connection_log_has_one_line_per_connection_and_follows_reloads() {
         refused.is_err(),
         "a client that trusts another CA was served"
     );
-    let line = d
-        .wait_for(&format!("\"client\":\"127.0.0.1:{port}\""))
-        .await;
+    let line = d.wait_for(&client_line(port)).await;
     let v: Value = serde_json::from_str(&line).expect("JSON line");
     assert_eq!(v["end"], "handshake-failed", "{line}");
     assert!(
@@ -210,13 +223,26 @@ async fn connection_log_has_one_line_per_connection_and_follows_reloads() {
     assert_eq!(v["bytes_in"], 0, "{line}");
 
     // Off by a reload: a connection of the new generation leaves no line.
-    site.publish(&config(false));
-    let line = d.reload().await;
-    assert!(line.contains("log.connections"), "{line}");
-    let port = one_connection(&site, bind).await;
+    // Its line would have been written before it stopped counting as open,
+    // and so before the next generation's marker connection's line.
+    site.publish(&config(false, "warn"));
+    d.signal("HUP");
+    wait_generation(&site, 2).await;
+    let unlogged = one_connection(bind, alice.clone()).await;
     wait_no_connections(&site).await;
-    let client = format!("\"client\":\"127.0.0.1:{port}\"");
-    assert!(!d.output().contains(&client), "{}", d.output());
+    // On again at `warn`, which hides stayup's own info lines but not the
+    // connection log that was asked for.
+    site.publish(&config(true, "warn"));
+    d.signal("HUP");
+    wait_generation(&site, 3).await;
+    let marker = one_connection(bind, alice).await;
+    let line = d.wait_for(&client_line(marker)).await;
+    assert!(line.contains("\"generation\":3"), "{line}");
+    assert!(
+        !d.output().contains(&client_line(unlogged)),
+        "{}",
+        d.output()
+    );
     d.signal("TERM");
     assert!(d.wait_exit().await.success());
 }

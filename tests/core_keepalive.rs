@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 struct KernelSocket {
     local_port: u16,
     remote_port: u16,
+    /// 1 = ESTABLISHED.
+    state: u8,
     /// The timer the kernel has armed: 0 none, 1 retransmission, 2 keepalive,
     /// 4 zero-window probe.
     timer: u8,
@@ -37,8 +39,10 @@ fn kernel_sockets() -> Vec<KernelSocket> {
             Some(KernelSocket {
                 local_port: port(f.get(1)?),
                 remote_port: port(f.get(2)?),
+                state: u8::from_str_radix(f.get(3)?, 16).ok()?,
                 timer: u8::from_str_radix(timer, 16).ok()?,
-                // In clock ticks, which are 1/100 s on Linux (USER_HZ).
+                // In clock ticks: USER_HZ, which Linux fixes at 100 for
+                // everything it reports to user space.
                 expires_in: Duration::from_millis(u64::from_str_radix(when, 16).ok()? * 10),
             })
         })
@@ -67,8 +71,13 @@ async fn kernel_socket(
     }
 }
 
-fn keepalive_within(idle: Duration) -> impl Fn(&KernelSocket) -> bool {
-    move |s| s.timer == 2 && s.expires_in <= idle && s.expires_in + Duration::from_secs(10) > idle
+/// The keepalive timer is armed to fire `idle` after the connection's last
+/// traffic, `quiet_since`.
+fn keepalive_due(idle: Duration, quiet_since: Instant) -> impl Fn(&KernelSocket) -> bool {
+    move |s| {
+        let slack = Duration::from_secs(1);
+        s.timer == 2 && s.expires_in <= idle && s.expires_in + quiet_since.elapsed() + slack >= idle
+    }
 }
 
 fn no_timer(s: &KernelSocket) -> bool {
@@ -81,6 +90,9 @@ fn no_timer(s: &KernelSocket) -> bool {
 struct Sides {
     client_port: u16,
     backend_port: u16,
+    backend: SocketAddr,
+    /// When the connection's last traffic went through.
+    quiet_since: Instant,
 }
 
 async fn open(
@@ -95,6 +107,7 @@ async fn open(
     let mut s = connected(bind, "localhost", site.client()).await;
     echo_round_trip(&mut s, b"hello").await;
     let client_port = s.get_ref().0.local_addr().expect("local addr").port();
+    let quiet_since = Instant::now();
     let backend_port = stayup_to_backend(backend.addr)
         .into_iter()
         .find(|p| !before.contains(p))
@@ -104,6 +117,8 @@ async fn open(
         Sides {
             client_port,
             backend_port,
+            backend: backend.addr,
+            quiet_since,
         },
     )
 }
@@ -113,25 +128,42 @@ async fn open(
 fn stayup_to_backend(backend: SocketAddr) -> Vec<u16> {
     kernel_sockets()
         .into_iter()
-        .filter(|s| s.remote_port == backend.port())
+        .filter(|s| s.remote_port == backend.port() && s.state == 1)
         .map(|s| s.local_port)
         .collect()
 }
 
+/// Both of stayup's sockets of the connection, as the kernel lists them
+/// (each by its four-tuple, established), must satisfy `settled`.
 async fn assert_sides(bind: SocketAddr, sides: &Sides, settled: impl Fn(&KernelSocket) -> bool) {
     let (client_port, backend_port) = (sides.client_port, sides.backend_port);
+    let backend = sides.backend.port();
     kernel_socket(
-        |s| s.local_port == bind.port() && s.remote_port == client_port,
+        |s| s.local_port == bind.port() && s.remote_port == client_port && s.state == 1,
         &settled,
         "stayup's socket to the client",
     )
     .await;
     kernel_socket(
-        |s| s.local_port == backend_port,
+        |s| s.local_port == backend_port && s.remote_port == backend && s.state == 1,
         &settled,
         "stayup's socket to the backend",
     )
     .await;
+}
+
+/// Keepalive probes this network namespace's TCP has sent (`TCPKeepAlive`).
+fn keepalive_probes_sent() -> u64 {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").expect("read /proc/net/netstat");
+    let mut tcp_ext = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (tcp_ext.next(), tcp_ext.next());
+    let (names, values) = (names.expect("TcpExt names"), values.expect("TcpExt values"));
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "TCPKeepAlive")
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("TCPKeepAlive counter")
 }
 
 fn config(bind: SocketAddr, backend: SocketAddr, keepalive: &str) -> String {
@@ -155,7 +187,7 @@ async fn keepalive_is_set_on_both_sockets_and_a_reload_changes_it_for_new_connec
     assert_sides(
         bind,
         &first_sides,
-        keepalive_within(Duration::from_secs(45)),
+        keepalive_due(Duration::from_secs(45), first_sides.quiet_since),
     )
     .await;
     let status = status_json(&site.config).await;
@@ -182,7 +214,7 @@ async fn keepalive_is_set_on_both_sockets_and_a_reload_changes_it_for_new_connec
     assert_sides(
         bind,
         &first_sides,
-        keepalive_within(Duration::from_secs(45)),
+        keepalive_due(Duration::from_secs(45), first_sides.quiet_since),
     )
     .await;
     assert!(status_json(&site.config).await["tcp_keepalive"].is_null());
@@ -195,7 +227,7 @@ async fn keepalive_is_set_on_both_sockets_and_a_reload_changes_it_for_new_connec
     assert_sides(
         bind,
         &third_sides,
-        keepalive_within(Duration::from_secs(120)),
+        keepalive_due(Duration::from_secs(120), third_sides.quiet_since),
     )
     .await;
 
@@ -217,11 +249,22 @@ async fn a_quiet_connection_answers_probes_and_stays_open() {
     ));
     let d = Daemon::start(&site.config).await;
     let (mut s, sides) = open(&site, bind, &backend).await;
+    let probes_before = keepalive_probes_sent();
     // Silence for several rounds of idle time plus the one probe allowed to
-    // go unanswered: every probe is answered by the client's kernel, so the
-    // connection must still be there. The waiting is the behaviour tested.
+    // go unanswered: the probes go out (about one a second from each of
+    // stayup's two sockets), every one is answered by the peer's kernel, so
+    // the connection must still be there. The waiting is the behaviour
+    // tested.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_sides(bind, &sides, keepalive_within(Duration::from_secs(1))).await;
+    let probes = keepalive_probes_sent() - probes_before;
+    assert!(
+        probes >= 4,
+        "{probes} keepalive probes sent in 4 s of silence"
+    );
+    assert_sides(bind, &sides, |s| {
+        s.timer == 2 && s.expires_in <= Duration::from_secs(1)
+    })
+    .await;
     echo_round_trip(&mut s, b"after the silence").await;
     drop(s);
     assert!(d.stop().await.success());
