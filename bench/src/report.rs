@@ -494,7 +494,7 @@ the load generator (Rust, tokio + rustls, single-threaded) and the plaintext bac
 - Equal configuration: TLS 1.3 only, one ECDSA P-256 certificate (the same file), TLS_AES_256_GCM_SHA384 and X25519 \
 (the only suite and group the client offers), session cache and tickets off (stayup: `tls.session_resumption: false` and `tls.min_version: \"1.3\"`; \
 nginx, HAProxy, hitch and stunnel: their own settings and an `OPENSSL_CONF` setting `NumTickets = 0` and \
-`MinProtocol = TLSv1.3`), TCP keepalive off (the peers' default; stayup's is on: `tcp_keepalive.idle: 0`); the tickets row of the table counts what each really sent. The client never resumes and \
+`MinProtocol = TLSv1.3`), TCP keepalive off (the peers' default; stayup, which has it on by default, with `tcp_keepalive.idle: 0`); the tickets row of the table counts what each really sent. The client never resumes and \
 does not verify certificates or signatures (so that it spends less CPU per handshake than the proxies).\n\
 - Handshakes: {c} concurrent loops of connect, full handshake, one 64-byte echo through the backend, close \
 (the backend closes first; the client resets, so no TIME_WAIT piles up), {hs:?} after a {wu:?} warm-up. \
