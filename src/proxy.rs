@@ -347,6 +347,12 @@ struct Seen {
 }
 
 struct TlsSeen {
+    /// From the accept to the end of the handshake.
+    handshake_ms: u64,
+    /// The backend connection: how long its connect took (the PROXY
+    /// protocol header included), and stayup's side of it, which is the
+    /// address the backend's own logs show.
+    backend: Option<(u64, Option<SocketAddr>)>,
     version: &'static str,
     sni: Option<String>,
     alpn: Option<String>,
@@ -403,7 +409,7 @@ async fn serve(
             ctx.counters.drained.fetch_add(1, Ordering::Relaxed);
             End::Stopped
         }
-        end = handle(&ctx, &generation, listener, tcp, peer, &mut seen) => end,
+        end = handle(&ctx, &generation, listener, tcp, peer, started, &mut seen) => end,
     };
     log(end, &seen);
 }
@@ -430,7 +436,10 @@ fn log_end(
             alpn = %tls.and_then(|t| t.alpn.as_deref()).unwrap_or("-"),
             client_cn = tls.and_then(|t| t.client_cn.as_deref()),
             backend = %listener.backend,
-            duration_ms = started.elapsed().as_millis() as u64,
+            backend_from = tls.and_then(|t| t.backend?.1).map(tracing::field::display),
+            handshake_ms = tls.map(|t| t.handshake_ms),
+            connect_ms = tls.and_then(|t| t.backend).map(|b| b.0),
+            duration_ms = millis(started.elapsed()),
             bytes_in = seen.bytes_in,
             bytes_out = seen.bytes_out,
             end = %end.as_str(),
@@ -454,6 +463,7 @@ async fn handle(
     listener: &ListenerRuntime,
     tcp: TcpStream,
     peer: SocketAddr,
+    started: std::time::Instant,
     seen: &mut Seen,
 ) -> End {
     let own = &listener.stats;
@@ -484,9 +494,12 @@ async fn handle(
     };
     ctx.counters.handshakes_ok.fetch_add(1, Ordering::Relaxed);
     own.handshakes_ok.fetch_add(1, Ordering::Relaxed);
-    if generation.config.log.connections {
+    let logged = generation.config.log.connections;
+    if logged {
         let conn = tls.get_ref().1;
         seen.tls = Some(Box::new(TlsSeen {
+            handshake_ms: millis(started.elapsed()),
+            backend: None,
             version: tls_version_name(conn.protocol_version()).unwrap_or("-"),
             sni: conn.server_name().map(str::to_string),
             alpn: conn
@@ -519,6 +532,7 @@ async fn handle(
             .map_err(|e| ("backend did not take the PROXY protocol header", e))?;
         Ok(s)
     };
+    let connecting = logged.then(std::time::Instant::now);
     let mut upstream = match Box::pin(tokio::time::timeout(
         generation.config.limits.backend_connect_timeout,
         open,
@@ -544,6 +558,9 @@ async fn handle(
             return End::BackendFailed(reason);
         }
     };
+    if let (Some(connecting), Some(t)) = (connecting, seen.tls.as_mut()) {
+        t.backend = Some((millis(connecting.elapsed()), upstream.local_addr().ok()));
+    }
     let idle = generation.config.limits.idle_timeout;
     let count = |up: u64, down: u64| {
         ctx.counters
@@ -577,6 +594,10 @@ async fn handle(
         // nginx do the same).
         Err(e) => End::Error(e),
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn tls_version_name(version: Option<rustls::ProtocolVersion>) -> Option<&'static str> {

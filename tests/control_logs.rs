@@ -195,6 +195,13 @@ async fn connection_log_has_one_line_per_connection_and_follows_reloads() {
     assert_eq!(v["bytes_out"], 5, "{line}");
     assert_eq!(v["end"], "closed", "{line}");
     assert!(v["duration_ms"].is_u64(), "{line}");
+    assert!(v["handshake_ms"].is_u64(), "{line}");
+    assert!(v["connect_ms"].is_u64(), "{line}");
+    let from: SocketAddr = v["backend_from"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no backend_from address: {line}"));
+    assert!(from.ip().is_loopback() && from.port() != 0, "{line}");
     assert!(v.get("reason").is_none(), "{line}");
 
     // A client that does not trust the certificate: the handshake's failure
@@ -221,6 +228,7 @@ async fn connection_log_has_one_line_per_connection_and_follows_reloads() {
     );
     assert_eq!(v["tls"], "-", "{line}");
     assert_eq!(v["bytes_in"], 0, "{line}");
+    assert!(v.get("backend_from").is_none(), "{line}");
 
     // Off by a reload: a connection of the new generation leaves no line.
     // Its line would have been written before it stopped counting as open,
