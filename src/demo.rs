@@ -79,7 +79,8 @@ fn publish(
          # and then renames a new copy of this file into place.\n\
          listeners:\n  - name: demo\n    bind: \"{bind}\"\n    backend: \"{backend}\"\n    tls:\n      certificates:\n        - cert: {cert}\n          key: {key}\n\
          control:\n  socket: stayup.sock\n\
-         reload:\n  watch: true\n  debounce: 200ms\n"
+         reload:\n  watch: true\n  debounce: 200ms\n\
+         log:\n  connections: true\n"
     );
     let tmp = folder.path(".stayup.yaml.tmp");
     write_synced(&tmp, yaml.as_bytes()).map_err(|e| format!("cannot write the config: {e}"))?;
@@ -191,6 +192,9 @@ async fn demo(interval: u64, port: u16) -> Result<(), String> {
     );
     println!(
         "Your open session keeps the generation that accepted it; new connections get the new certificate."
+    );
+    println!(
+        "When a session ends, its log line names the generation that accepted it (log.connections)."
     );
     println!("Press Ctrl-C to stop and remove the folder.");
     println!();

@@ -20,10 +20,19 @@ async fn demo_rotates_under_an_open_session_and_cleans_up() {
         .args(["demo", "--interval", "1", "--port", "0"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn demo");
     let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let (log_tx, log_rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if log_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let (tx, rx) = mpsc::channel::<String>();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -70,6 +79,7 @@ async fn demo_rotates_under_an_open_session_and_cleans_up() {
         .await
         .expect("connect");
     let first_fp = peer_fingerprint(&session);
+    let session_port = session.get_ref().0.local_addr().expect("local addr").port();
     let greeting = read_tag(&mut session).await;
     assert!(greeting.contains("echo backend"), "{greeting}");
     let streamer = Streamer::start(session);
@@ -117,6 +127,18 @@ async fn demo_rotates_under_an_open_session_and_cleans_up() {
         .finish()
         .await
         .expect("the open session survived the rotations");
+    // Its connection log line names the generation that accepted it, two
+    // rotations ago.
+    let logged = loop {
+        let line = log_rx
+            .recv_timeout(WAIT)
+            .expect("the demo logged no line for the session");
+        if line.contains(&format!(" client=127.0.0.1:{session_port} ")) {
+            break line;
+        }
+    };
+    assert!(logged.contains(" generation=1 "), "{logged}");
+    assert!(logged.contains(" sni=localhost "), "{logged}");
 
     assert!(
         Command::new("kill")
