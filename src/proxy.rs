@@ -329,6 +329,11 @@ impl End {
     fn detail(&self) -> Option<String> {
         match self {
             End::Refused(why) => Some((*why).to_string()),
+            // The only stream that can end this way is the client's TLS
+            // one; rustls's own message for it carries a link to its manual.
+            End::Error(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Some("the client closed the connection without a TLS close_notify".to_string())
+            }
             End::HandshakeFailed(e) | End::Error(e) => Some(e.to_string()),
             End::BackendFailed(e) => Some(e.clone()),
             _ => None,

@@ -204,6 +204,20 @@ async fn connection_log_has_one_line_per_connection_and_follows_reloads() {
     assert!(from.ip().is_loopback() && from.port() != 0, "{line}");
     assert!(v.get("reason").is_none(), "{line}");
 
+    // A client that leaves without a close_notify: an error, said plainly.
+    let mut s = connected(bind, "localhost", alice.clone()).await;
+    let port = s.get_ref().0.local_addr().expect("local addr").port();
+    echo_round_trip(&mut s, b"bye").await;
+    drop(s);
+    let line = d.wait_for(&client_line(port)).await;
+    let v: Value = serde_json::from_str(&line).expect("JSON line");
+    assert_eq!(v["end"], "error", "{line}");
+    assert_eq!(
+        v["reason"], "the client closed the connection without a TLS close_notify",
+        "{line}"
+    );
+    assert_eq!(v["bytes_in"], 3, "{line}");
+
     // A client that does not trust the certificate: the handshake's failure
     // and the client's alert, and no backend connection.
     let stranger = stayup::pki::Ca::new("a CA nobody here knows").expect("CA");
