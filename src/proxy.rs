@@ -351,14 +351,18 @@ struct Seen {
     tls: Option<Box<TlsSeen>>,
 }
 
+/// Filled in from the client's hello on (so that a failed handshake's line
+/// still says which name the client asked for), the rest once the
+/// handshake is done.
+#[derive(Default)]
 struct TlsSeen {
     /// From the accept to the end of the handshake.
-    handshake_ms: u64,
+    handshake_ms: Option<u64>,
     /// The backend connection: how long its connect took (the PROXY
     /// protocol header included), and stayup's side of it, which is the
     /// address the backend's own logs show.
     backend: Option<(u64, Option<SocketAddr>)>,
-    version: &'static str,
+    version: Option<&'static str>,
     sni: Option<String>,
     alpn: Option<String>,
     /// The common name of a client certificate verified against `client_ca`.
@@ -437,12 +441,12 @@ fn log_end(
             generation = generation.id,
             client = %peer,
             sni = %tls.and_then(|t| t.sni.as_deref()).unwrap_or("-"),
-            tls = %tls.map(|t| t.version).unwrap_or("-"),
+            tls = %tls.and_then(|t| t.version).unwrap_or("-"),
             alpn = %tls.and_then(|t| t.alpn.as_deref()).unwrap_or("-"),
             client_cn = tls.and_then(|t| t.client_cn.as_deref()),
             backend = %listener.backend,
             backend_from = tls.and_then(|t| t.backend?.1).map(tracing::field::display),
-            handshake_ms = tls.map(|t| t.handshake_ms),
+            handshake_ms = tls.and_then(|t| t.handshake_ms),
             connect_ms = tls.and_then(|t| t.backend).map(|b| b.0),
             duration_ms = millis(started.elapsed()),
             bytes_in = seen.bytes_in,
@@ -475,12 +479,24 @@ async fn handle(
     // The handshake and the backend connect are boxed: a future's size is
     // that of its largest state, and these transient ones would otherwise
     // make every connection's task reserve room for them for its whole life.
-    let mut tls = match Box::pin(tokio::time::timeout(
-        listener.handshake_timeout,
-        tokio_rustls::TlsAcceptor::from(listener.tls.clone()).accept(tcp),
-    ))
-    .await
-    {
+    let logged = generation.config.log.connections;
+    let accept = async {
+        if !logged {
+            return tokio_rustls::TlsAcceptor::from(listener.tls.clone())
+                .accept(tcp)
+                .await;
+        }
+        // For the log: read the client's hello first, to have the name it
+        // asked for even if the handshake then fails.
+        let start =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+        seen.tls = Some(Box::new(TlsSeen {
+            sni: start.client_hello().server_name().map(str::to_string),
+            ..TlsSeen::default()
+        }));
+        start.into_stream(listener.tls.clone()).await
+    };
+    let mut tls = match Box::pin(tokio::time::timeout(listener.handshake_timeout, accept)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             ctx.counters
@@ -499,22 +515,17 @@ async fn handle(
     };
     ctx.counters.handshakes_ok.fetch_add(1, Ordering::Relaxed);
     own.handshakes_ok.fetch_add(1, Ordering::Relaxed);
-    let logged = generation.config.log.connections;
-    if logged {
+    if let Some(seen) = seen.tls.as_mut() {
         let conn = tls.get_ref().1;
-        seen.tls = Some(Box::new(TlsSeen {
-            handshake_ms: millis(started.elapsed()),
-            backend: None,
-            version: tls_version_name(conn.protocol_version()).unwrap_or("-"),
-            sni: conn.server_name().map(str::to_string),
-            alpn: conn
-                .alpn_protocol()
-                .map(|p| String::from_utf8_lossy(p).into_owned()),
-            client_cn: conn
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| crate::proxy_protocol::common_name(c)),
-        }));
+        seen.handshake_ms = Some(millis(started.elapsed()));
+        seen.version = tls_version_name(conn.protocol_version());
+        seen.alpn = conn
+            .alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        seen.client_cn = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| crate::proxy_protocol::common_name(c));
     }
     let backend = &listener.backend;
     let header = match listener.backend_proxy_protocol {

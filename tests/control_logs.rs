@@ -240,7 +240,10 @@ async fn connection_log_has_one_line_per_connection_and_follows_reloads() {
             .is_some_and(|r| r.contains("received fatal alert")),
         "{line}"
     );
+    // The name it asked for, from its hello, though the handshake failed.
+    assert_eq!(v["sni"], "localhost", "{line}");
     assert_eq!(v["tls"], "-", "{line}");
+    assert!(v.get("handshake_ms").is_none(), "{line}");
     assert_eq!(v["bytes_in"], 0, "{line}");
     assert!(v.get("backend_from").is_none(), "{line}");
 
