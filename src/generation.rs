@@ -50,6 +50,9 @@ pub struct ListenerStats {
     pub handshake_timeouts: AtomicU64,
     pub bytes_from_clients: AtomicU64,
     pub bytes_to_clients: AtomicU64,
+    /// Connections that ended, by how (in the order of
+    /// [`crate::proxy::END_KINDS`]).
+    pub ended: [AtomicU64; crate::proxy::END_KINDS.len()],
 }
 
 impl fmt::Debug for Shared {

@@ -191,7 +191,16 @@ impl Metrics {
         );
         let handshakes: Family<Labels, Counter> = Family::default();
         let bytes: Family<Labels, Counter> = Family::default();
+        let ended: Family<Labels, Counter> = Family::default();
         for (name, c) in handle.shared.all_listener_stats() {
+            for (end, v) in crate::proxy::END_KINDS.iter().zip(&c.ended) {
+                ended
+                    .get_or_create(&vec![
+                        ("listener".to_string(), name.clone()),
+                        ("end".to_string(), end.to_string()),
+                    ])
+                    .inc_by(v.load(Ordering::Relaxed));
+            }
             for (result, v) in [
                 ("ok", &c.handshakes_ok),
                 ("failed", &c.handshakes_failed),
@@ -225,6 +234,11 @@ impl Metrics {
             "stayup_bytes",
             "Bytes proxied by listener and direction, counted when a connection ends",
             bytes,
+        );
+        r.register(
+            "stayup_connections_ended",
+            "Connections that ended, by listener and how they ended (as the connection log names it)",
+            ended,
         );
         r.register(
             "stayup_backend_failures",

@@ -311,19 +311,37 @@ enum End {
     Stopped,
 }
 
+/// How connections end, as the connection log and the metrics name it.
+pub const END_KINDS: [&str; 9] = [
+    "closed",
+    "error",
+    "idle-timeout",
+    "drained",
+    "stopped",
+    "handshake-failed",
+    "handshake-timeout",
+    "backend-failed",
+    "refused",
+];
+
 impl End {
-    fn as_str(&self) -> &'static str {
+    /// The index of its name in [`END_KINDS`].
+    fn kind(&self) -> usize {
         match self {
-            End::Refused(_) => "refused",
-            End::HandshakeFailed(_) => "handshake-failed",
-            End::HandshakeTimeout => "handshake-timeout",
-            End::BackendFailed(_) => "backend-failed",
-            End::Closed => "closed",
-            End::IdleTimeout => "idle-timeout",
-            End::Error(_) => "error",
-            End::Drained => "drained",
-            End::Stopped => "stopped",
+            End::Closed => 0,
+            End::Error(_) => 1,
+            End::IdleTimeout => 2,
+            End::Drained => 3,
+            End::Stopped => 4,
+            End::HandshakeFailed(_) => 5,
+            End::HandshakeTimeout => 6,
+            End::BackendFailed(_) => 7,
+            End::Refused(_) => 8,
         }
+    }
+
+    fn as_str(&self) -> &'static str {
+        END_KINDS[self.kind()]
     }
 
     fn detail(&self) -> Option<String> {
@@ -433,6 +451,7 @@ fn log_end(
     seen: &Seen,
     end: &End,
 ) {
+    listener.stats.ended[end.kind()].fetch_add(1, Ordering::Relaxed);
     if generation.config.log.connections {
         let tls = seen.tls.as_deref();
         tracing::info!(

@@ -78,6 +78,7 @@ async fn metrics_follow_committed_and_rejected_reloads() {
         .expect("connect");
     echo_round_trip(&mut c, b"0123456789").await;
     c.shutdown().await.expect("shutdown");
+    read_to_close(&mut c).await.expect("a clean close");
     drop(c);
     let mut held = connect(bind, "localhost", site.client())
         .await
@@ -109,6 +110,13 @@ async fn metrics_follow_committed_and_rejected_reloads() {
         Some(10.0)
     );
     wait_metric(admin, "stayup_connections_active", |v| v == 1.0).await;
+    // The first connection ended cleanly; nothing else has ended.
+    let ended =
+        |end: &str| format!("stayup_connections_ended_total{{listener=\"web\",end=\"{end}\"}}");
+    let m = wait_metric(admin, &ended("closed"), |v| v == 1.0).await;
+    for end in ["error", "handshake-failed", "drained", "refused"] {
+        assert_eq!(metric(&m, &ended(end)), Some(0.0), "{end}: {m}");
+    }
     // Bytes are counted while a connection streams, not only once it ends.
     echo_round_trip(&mut held, b"still open, twenty-six b").await;
     wait_metric(
