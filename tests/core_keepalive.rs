@@ -172,16 +172,14 @@ fn config(bind: SocketAddr, backend: SocketAddr, keepalive: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalive_is_set_on_both_sockets_and_a_reload_changes_it_for_new_connections() {
-    let site = Site::new();
-    site.cert("a", &["localhost"]);
-    let backend = EchoBackend::start().await;
-    let bind = free_addr();
-    site.publish(&config(
-        bind,
-        backend.addr,
-        "tcp_keepalive:\n  idle: 45s\n  interval: 5s\n  probes: 3\n",
-    ));
-    let mut d = Daemon::start(&site.config).await;
+    let (site, backend, bind, mut d) = serving(|bind, backend| {
+        config(
+            bind,
+            backend,
+            "tcp_keepalive:\n  idle: 45s\n  interval: 5s\n  probes: 3\n",
+        )
+    })
+    .await;
 
     let (mut first, first_sides) = open(&site, bind, &backend).await;
     assert_sides(
@@ -238,16 +236,14 @@ async fn keepalive_is_set_on_both_sockets_and_a_reload_changes_it_for_new_connec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_connection_answers_probes_and_stays_open() {
-    let site = Site::new();
-    site.cert("a", &["localhost"]);
-    let backend = EchoBackend::start().await;
-    let bind = free_addr();
-    site.publish(&config(
-        bind,
-        backend.addr,
-        "tcp_keepalive:\n  idle: 1s\n  interval: 1s\n  probes: 1\n",
-    ));
-    let d = Daemon::start(&site.config).await;
+    let (site, backend, bind, d) = serving(|bind, backend| {
+        config(
+            bind,
+            backend,
+            "tcp_keepalive:\n  idle: 1s\n  interval: 1s\n  probes: 1\n",
+        )
+    })
+    .await;
     let (mut s, sides) = open(&site, bind, &backend).await;
     let probes_before = keepalive_probes_sent();
     // Silence for several rounds of idle time plus the one probe allowed to

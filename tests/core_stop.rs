@@ -10,12 +10,8 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_accepting_and_lets_open_connections_finish() {
-    let site = Site::new();
-    let backend = EchoBackend::start().await;
-    site.cert("a", &["localhost"]);
-    let bind = free_addr();
-    site.publish(&simple_config(bind, backend.addr, "a"));
-    let mut d = Daemon::start(&site.config).await;
+    let (site, _backend, bind, mut d) =
+        serving(|bind, backend| simple_config(bind, backend, "a")).await;
     let streamer = streamer_at(bind, "localhost", site.client()).await;
 
     d.signal("TERM");
@@ -43,12 +39,8 @@ async fn sigterm_stops_accepting_and_lets_open_connections_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_stops_too() {
-    let site = Site::new();
-    let backend = EchoBackend::start().await;
-    site.cert("a", &["localhost"]);
-    let bind = free_addr();
-    site.publish(&simple_config(bind, backend.addr, "a"));
-    let mut d = Daemon::start(&site.config).await;
+    let (site, _backend, bind, mut d) =
+        serving(|bind, backend| simple_config(bind, backend, "a")).await;
     fingerprint_at(bind, "localhost", site.client()).await;
     d.signal("INT");
     let status = d.wait_exit().await;
@@ -90,12 +82,8 @@ async fn shutdown_timeout_closes_lingering_connections_and_exits_zero() {
 /// stops again: the open connections are closed at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_stop_signal_closes_open_connections_at_once() {
-    let site = Site::new();
-    let backend = EchoBackend::start().await;
-    site.cert("a", &["localhost"]);
-    let bind = free_addr();
-    site.publish(&simple_config(bind, backend.addr, "a"));
-    let mut d = Daemon::start(&site.config).await;
+    let (site, _backend, bind, mut d) =
+        serving(|bind, backend| simple_config(bind, backend, "a")).await;
     let streamer = streamer_at(bind, "localhost", site.client()).await;
 
     d.signal("TERM");

@@ -462,12 +462,8 @@ async fn tls12_client_ca_change_ends_resumption() {
 /// client opened before it keeps working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls12_clients_are_refused_once_min_version_is_1_3() {
-    let site = Site::new();
-    let backend = EchoBackend::start().await;
-    site.cert("a", &["localhost"]);
-    let bind = free_addr();
-    site.publish(&simple_config(bind, backend.addr, "a"));
-    let mut d = Daemon::start(&site.config).await;
+    let (site, backend, bind, mut d) =
+        serving(|bind, backend| simple_config(bind, backend, "a")).await;
     let tls12 = resuming_client(&site, &rustls::version::TLS12);
     let mut old = connected(bind, "localhost", tls12.clone()).await;
     echo_round_trip(&mut old, b"1.2").await;

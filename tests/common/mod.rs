@@ -122,6 +122,21 @@ pub fn simple_config(bind: SocketAddr, backend: SocketAddr, cert: &str) -> Strin
     )
 }
 
+/// The usual start of a test: a site with certificate "a" for localhost,
+/// an echo backend, a free address, the configuration `yaml(bind, backend)`
+/// published, and the daemon started on it.
+pub async fn serving(
+    yaml: impl FnOnce(SocketAddr, SocketAddr) -> String,
+) -> (Site, EchoBackend, SocketAddr, Daemon) {
+    let site = Site::new();
+    site.cert("a", &["localhost"]);
+    let backend = EchoBackend::start().await;
+    let bind = free_addr();
+    site.publish(&yaml(bind, backend.addr));
+    let daemon = Daemon::start(&site.config).await;
+    (site, backend, bind, daemon)
+}
+
 pub fn client_config(ca_pem: &str, client_auth: Option<&Pem>) -> Arc<rustls::ClientConfig> {
     install_provider();
     let mut roots = rustls::RootCertStore::empty();
