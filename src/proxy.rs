@@ -441,6 +441,15 @@ async fn serve(
     log(end, &seen);
 }
 
+/// Whether the client closed before it sent its TLS hello: a TCP health
+/// check (a Kubernetes `tcpSocket` probe, a load balancer's) or a port
+/// scan. The connection log leaves these to the debug line, like HAProxy's
+/// `dontlognull`; health checks every few seconds would drown it.
+fn closed_before_hello(end: &End, seen: &Seen) -> bool {
+    matches!(end, End::HandshakeFailed(e) if e.kind() == std::io::ErrorKind::UnexpectedEof)
+        && seen.tls.is_none()
+}
+
 /// The connection log's line (`log.connections`), or without it a debug
 /// line for a connection that did not end normally.
 fn log_end(
@@ -452,7 +461,7 @@ fn log_end(
     end: &End,
 ) {
     listener.stats.ended[end.kind()].fetch_add(1, Ordering::Relaxed);
-    if generation.config.log.connections {
+    if generation.config.log.connections && !closed_before_hello(end, seen) {
         let tls = seen.tls.as_deref();
         tracing::info!(
             target: "stayup::connection",

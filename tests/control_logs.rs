@@ -204,6 +204,22 @@ async fn connection_log_has_one_line_per_connection_and_follows_reloads() {
     assert!(from.ip().is_loopback() && from.port() != 0, "{line}");
     assert!(v.get("reason").is_none(), "{line}");
 
+    // A TCP health check (connect, close, not a byte sent) leaves no line.
+    // Had it one, it would have been written before the probe stopped
+    // counting as open, so before the next connection's line.
+    let probe = tokio::net::TcpStream::connect(bind).await.expect("connect");
+    let probe_port = probe.local_addr().expect("local addr").port();
+    drop(probe);
+    wait_counter(&site.config, "/connections/handshakes_failed", 1).await;
+    wait_no_connections(&site).await;
+    let port = one_connection(bind, alice.clone()).await;
+    d.wait_for(&client_line(port)).await;
+    assert!(
+        !d.output().contains(&client_line(probe_port)),
+        "{}",
+        d.output()
+    );
+
     // A client that leaves without a close_notify: an error, said plainly.
     let mut s = connected(bind, "localhost", alice.clone()).await;
     let port = s.get_ref().0.local_addr().expect("local addr").port();
