@@ -426,9 +426,52 @@ struct RawConfig {
     #[serde(default)]
     limits: Option<RawLimits>,
     #[serde(default)]
-    tcp_keepalive: Option<RawKeepalive>,
+    tcp_keepalive: Option<RawKeepaliveSetting>,
     #[serde(default)]
     warn_expiry: Option<Spanned<String>>,
+}
+
+/// `tcp_keepalive:` is a mapping, or `false`/`off` for keepalive off
+/// (nginx's `so_keepalive=off`), or `true`/`on` for the defaults.
+enum RawKeepaliveSetting {
+    Switch(bool),
+    Settings(Box<RawKeepalive>),
+}
+
+impl<'de> Deserialize<'de> for RawKeepaliveSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawKeepaliveSetting;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a mapping with idle, interval and probes, or false to turn keepalive off",
+                )
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<Self::Value, E> {
+                Ok(RawKeepaliveSetting::Switch(on))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                match s {
+                    "on" | "true" => Ok(RawKeepaliveSetting::Switch(true)),
+                    "off" | "false" => Ok(RawKeepaliveSetting::Switch(false)),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(s), &self)),
+                }
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                RawKeepalive::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|k| RawKeepaliveSetting::Settings(Box::new(k)))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Deserialize)]
@@ -923,8 +966,12 @@ impl Config {
                 .unwrap_or(false),
         };
         let tcp_keepalive = match &raw.tcp_keepalive {
-            None => KeepaliveConfig::DEFAULT,
-            Some(k) => {
+            None | Some(RawKeepaliveSetting::Switch(true)) => KeepaliveConfig::DEFAULT,
+            Some(RawKeepaliveSetting::Switch(false)) => KeepaliveConfig {
+                idle: Duration::ZERO,
+                ..KeepaliveConfig::DEFAULT
+            },
+            Some(RawKeepaliveSetting::Settings(k)) => {
                 let seconds = |s: &Option<Spanned<String>>,
                                what: &str,
                                default: Duration,
@@ -1188,6 +1235,20 @@ drain:
         let off = parse(&format!("{GOOD}tcp_keepalive:\n  idle: 0\n")).unwrap();
         assert!(!off.tcp_keepalive.enabled());
         assert_eq!(off.tcp_keepalive.to_string(), "off");
+        for switch in ["off", "false", "\"off\""] {
+            let c = parse(&format!("{GOOD}tcp_keepalive: {switch}\n")).unwrap();
+            assert!(!c.tcp_keepalive.enabled(), "{switch}");
+        }
+        for switch in ["on", "true"] {
+            let c = parse(&format!("{GOOD}tcp_keepalive: {switch}\n")).unwrap();
+            assert_eq!(c.tcp_keepalive, KeepaliveConfig::DEFAULT, "{switch}");
+        }
+        let e = parse(&format!("{GOOD}tcp_keepalive: sometimes\n")).unwrap_err();
+        assert!(e.to_string().contains(":14:"), "{e}");
+        assert!(e.to_string().contains("false to turn keepalive off"), "{e}");
+        let e = parse(&format!("{GOOD}tcp_keepalive:\n  idel: 5s\n")).unwrap_err();
+        assert!(e.to_string().contains(":15:"), "{e}");
+        assert!(e.to_string().contains("idel"), "{e}");
         for (bad, wanted) in [
             ("idle: 1500ms", "whole seconds"),
             ("idle: 10h", "at most 32767s"),
