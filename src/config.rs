@@ -1083,7 +1083,15 @@ fn tidy_yaml_reason(s: &str) -> String {
         Some(i) => &s[..i],
         None => s,
     };
-    s.trim_end_matches(['.', ',']).to_string()
+    let s = s.trim_end_matches(['.', ',']);
+    // serde-saphyr names the Rust type it wanted; say it in the file's terms.
+    match s {
+        "invalid u8" | "invalid u16" | "invalid u32" | "invalid u64" | "invalid usize" => {
+            format!("{s}: expected a whole number, 0 or more")
+        }
+        "invalid boolean" => "invalid boolean: expected true or false".to_string(),
+        _ => s.to_string(),
+    }
 }
 
 /// Reads the top-level file with the size cap.
@@ -1256,7 +1264,7 @@ drain:
             ("probes: 0", "between 1 and 127"),
             ("probes: 128", "between 1 and 127"),
             ("idle: soon", "tcp_keepalive.idle"),
-            ("probes: many", "invalid u32"),
+            ("probes: many", "expected a whole number, 0 or more"),
         ] {
             let e = parse(&format!("{GOOD}tcp_keepalive:\n  {bad}\n")).unwrap_err();
             let msg = e.to_string();
@@ -1295,6 +1303,18 @@ drain:
             msg.contains("listener \"web\": tls.min_version \"1.1\" is not \"1.2\" or \"1.3\""),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn type_errors_are_said_in_the_files_terms() {
+        let e =
+            parse(&GOOD.replace("    tls:\n", "    max_connections: -5\n    tls:\n")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(":6:"), "{msg}");
+        assert!(msg.contains("expected a whole number, 0 or more"), "{msg}");
+        let e = parse(&GOOD.replace("    tls:\n", "    tls:\n      session_resumption: maybe\n"))
+            .unwrap_err();
+        assert!(e.to_string().contains("expected true or false"), "{e}");
     }
 
     #[test]
