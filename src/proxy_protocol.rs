@@ -208,47 +208,36 @@ mod tests {
         s.parse().expect("address")
     }
 
+    /// The v1 line for a connection from `client` to `local`.
+    fn v1(client: &str, local: &str) -> Vec<u8> {
+        ProxyProtocol::V1.header(&Connection {
+            client: Some(addr(client)),
+            local: Some(addr(local)),
+            ..Connection::default()
+        })
+    }
+
     #[test]
     fn v1_names_both_ends_in_one_line() {
-        let conn = Connection {
-            client: Some(addr("192.0.2.10:51234")),
-            local: Some(addr("127.0.0.1:8443")),
-            ..Connection::default()
-        };
         assert_eq!(
-            ProxyProtocol::V1.header(&conn),
+            v1("192.0.2.10:51234", "127.0.0.1:8443"),
             b"PROXY TCP4 192.0.2.10 127.0.0.1 51234 8443\r\n"
         );
-        let conn = Connection {
-            client: Some(addr("[2001:db8::1]:40000")),
-            local: Some(addr("[::1]:8443")),
-            ..Connection::default()
-        };
         assert_eq!(
-            ProxyProtocol::V1.header(&conn),
+            v1("[2001:db8::1]:40000", "[::1]:8443"),
             b"PROXY TCP6 2001:db8::1 ::1 40000 8443\r\n"
         );
     }
 
     #[test]
     fn a_dual_stack_listener_reports_ipv4_clients_as_ipv4() {
-        let conn = Connection {
-            client: Some(addr("[::ffff:192.0.2.10]:51234")),
-            local: Some(addr("[::ffff:127.0.0.1]:8443")),
-            ..Connection::default()
-        };
         assert_eq!(
-            ProxyProtocol::V1.header(&conn),
+            v1("[::ffff:192.0.2.10]:51234", "[::ffff:127.0.0.1]:8443"),
             b"PROXY TCP4 192.0.2.10 127.0.0.1 51234 8443\r\n"
         );
         // One end IPv4, the other IPv6: both as IPv6.
-        let conn = Connection {
-            client: Some(addr("192.0.2.10:51234")),
-            local: Some(addr("[2001:db8::2]:8443")),
-            ..Connection::default()
-        };
         assert_eq!(
-            ProxyProtocol::V1.header(&conn),
+            v1("192.0.2.10:51234", "[2001:db8::2]:8443"),
             b"PROXY TCP6 ::ffff:192.0.2.10 2001:db8::2 51234 8443\r\n"
         );
     }
