@@ -88,6 +88,7 @@ async fn follow_address(
         }
         match wanted {
             None => {
+                state.ctx.upgrader.record_admin(None);
                 if let Some((addr, token)) = current.take() {
                     tracing::info!(addr = %addr, "admin endpoint closed");
                     token.cancel();
@@ -134,6 +135,10 @@ fn start_serving(
         .map(|a| a.listen)
         .unwrap_or(addr);
     tracing::info!(addr = %addr, "admin endpoint listening");
+    state
+        .ctx
+        .upgrader
+        .record_admin(Some((configured, std::os::fd::AsFd::as_fd(&listener))));
     let token = stop.child_token();
     tokio::spawn(accept_loop(state.clone(), listener, token.clone()));
     Some((configured, token))

@@ -87,6 +87,13 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
         ensure_free(path).await?;
         std::fs::remove_file(path).map_err(|e| ControlError::Io(path.to_path_buf(), e))?;
     }
+    bind_over(path).await
+}
+
+/// Binds the control socket in place of whatever is at `path`, in one
+/// rename: a process started by an upgrade takes the socket over from the
+/// old one, which keeps answering the connections it already has.
+pub async fn bind_over(path: &Path) -> Result<UnixListener, ControlError> {
     // Bind under a temporary name, restrict it, then rename into place, so
     // the socket is never reachable with looser permissions.
     let tmp = path.with_file_name(format!(
@@ -239,6 +246,29 @@ async fn session(
         if line.len() > 64 * 1024 {
             break;
         }
+        let request: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        match request.get("command").and_then(Value::as_str) {
+            // The new process of an upgrade, asking for the sockets.
+            Some("hand-over") => {
+                return ctx
+                    .upgrader
+                    .hand_over(&request, &mut lines, &mut w, &ctx.stop_accepting)
+                    .await;
+            }
+            Some("upgrade") => {
+                let (answer, upgraded) = upgrade(&handle, &ctx).await;
+                let mut text = answer.to_string();
+                text.push('\n');
+                let written = w.write_all(text.as_bytes()).await;
+                if upgraded {
+                    // Answered first: this process may exit soon after.
+                    ctx.upgrader.retire();
+                }
+                written?;
+                continue;
+            }
+            _ => {}
+        }
         let answer = answer(&line, &handle, &ctx).await;
         let mut text = answer.to_string();
         text.push('\n');
@@ -260,6 +290,44 @@ async fn answer(line: &str, handle: &ReloadHandle, ctx: &ProxyContext) -> Value 
         Some("status") => crate::status::status_json(handle, ctx),
         Some(other) => json!({ "error": format!("unknown command {other:?}") }),
         None => json!({ "error": "request has no \"command\"" }),
+    }
+}
+
+/// Runs an upgrade (see [`crate::upgrade`]) and says how it went; true
+/// when the new process serves and this one is to retire.
+async fn upgrade(handle: &ReloadHandle, ctx: &ProxyContext) -> (Value, bool) {
+    let socket = socket_path(&handle.current().config);
+    let pid = std::process::id();
+    match ctx.upgrader.upgrade(&socket).await {
+        Ok(ready) => {
+            tracing::info!(
+                pid = ready.pid,
+                previous_pid = pid,
+                "upgrade: committed; the new process serves"
+            );
+            (
+                json!({
+                    "result": "upgraded",
+                    "pid": ready.pid,
+                    "previous_pid": pid,
+                    "generation": ready.generation,
+                    "draining": ctx.tracker.len(),
+                }),
+                true,
+            )
+        }
+        Err(e) => {
+            tracing::warn!(reason = %e, "upgrade: rejected; this process keeps serving");
+            (
+                json!({
+                    "result": "rejected",
+                    "pid": pid,
+                    "generation": handle.current().id,
+                    "reason": e.to_string(),
+                }),
+                false,
+            )
+        }
     }
 }
 
@@ -470,6 +538,77 @@ fn print_outcome(a: &Value) {
                 (Some(f), None) => println!("  {kind} {subject}: {f}"),
                 (None, None) => println!("  {kind} {subject}"),
             }
+        }
+    }
+}
+
+/// How long `stayup upgrade` waits: the new process loads its first
+/// generation, which the daemon bounds at a minute.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `stayup upgrade`: asks the daemon to hand over to the binary now
+/// installed at its path, and prints the outcome. Returns the exit status:
+/// 0 upgraded, 1 rejected (the old process keeps serving), 2 unreachable.
+pub async fn cli_upgrade(config: &Path, as_json: bool) -> u8 {
+    let found = match find_daemon(config).await {
+        Ok(f) => f,
+        Err(nf) => {
+            eprintln!(
+                "stayup upgrade: no daemon answering on {}: {}",
+                nf.socket.display(),
+                nf.error
+            );
+            return 2;
+        }
+    };
+    let answer =
+        match tokio::time::timeout(UPGRADE_TIMEOUT, request(&found.socket, "upgrade")).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                eprintln!(
+                    "stayup upgrade: the daemon at {} did not answer: {e}",
+                    found.socket.display()
+                );
+                return 2;
+            }
+            Err(_) => {
+                eprintln!(
+                    "stayup upgrade: the daemon at {} gave no outcome within {}s",
+                    found.socket.display(),
+                    UPGRADE_TIMEOUT.as_secs()
+                );
+                return 2;
+            }
+        };
+    if as_json {
+        println!("{answer}");
+    }
+    let number = |k: &str| answer.get(k).and_then(Value::as_u64).unwrap_or(0);
+    match answer.get("result").and_then(Value::as_str) {
+        Some("upgraded") => {
+            if !as_json {
+                println!(
+                    "upgraded: pid {} serves generation {} (was pid {}, which keeps its {} open connection(s) until they end)",
+                    number("pid"),
+                    number("generation"),
+                    number("previous_pid"),
+                    number("draining"),
+                );
+            }
+            0
+        }
+        Some("rejected") => {
+            if !as_json {
+                println!("rejected: pid {} keeps serving", number("pid"));
+                if let Some(r) = answer.get("reason").and_then(Value::as_str) {
+                    println!("reason: {r}");
+                }
+            }
+            1
+        }
+        _ => {
+            eprintln!("stayup upgrade: unexpected answer from the daemon: {answer}");
+            2
         }
     }
 }

@@ -22,7 +22,7 @@ pub struct Daemon {
     handle: ReloadHandle,
     ctx: Arc<ProxyContext>,
     stop_reloader: CancellationToken,
-    reloader: JoinHandle<()>,
+    reloader: Option<JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -34,7 +34,21 @@ impl Daemon {
         shared: Arc<Shared>,
         hooks: Vec<CommitHook>,
     ) -> Result<Daemon, LoadError> {
+        Daemon::start_inheriting(config_path, shared, hooks, None)
+    }
+
+    /// Like [`Daemon::start`], serving on the listening sockets an upgrade
+    /// handed over (by configured address) instead of binding those anew.
+    pub fn start_inheriting(
+        config_path: &Path,
+        shared: Arc<Shared>,
+        hooks: Vec<CommitHook>,
+        inherited: Option<crate::upgrade::Inherited>,
+    ) -> Result<Daemon, LoadError> {
         let ctx = ProxyContext::new();
+        if let Some(inherited) = inherited {
+            ctx.upgrader.set_inherited(inherited);
+        }
         let listeners = Listeners::new(ctx.clone());
         let mut reloader = Reloader::start(config_path, shared, listeners)?;
         let handle = reloader.handle();
@@ -49,7 +63,7 @@ impl Daemon {
             handle,
             ctx,
             stop_reloader,
-            reloader: task,
+            reloader: Some(task),
         })
     }
 
@@ -69,16 +83,54 @@ impl Daemon {
         self.ctx.clone()
     }
 
+    /// Stops accepting and reloading; open connections run on.
+    async fn stop_serving(&mut self) {
+        self.ctx.stop_accepting.cancel();
+        self.stop_reloader.cancel();
+        if let Some(reloader) = self.reloader.take() {
+            let _ = reloader.await;
+        }
+        self.ctx.tracker.close();
+    }
+
+    /// After an upgrade handed the listening sockets to a new process: keeps
+    /// the open connections until they end, or for `drain.timeout` when it
+    /// is set, as for any superseded generation. `shutdown` (SIGTERM) turns
+    /// this into an ordinary stop.
+    pub async fn retire(mut self, shutdown: impl Future<Output = ()>) {
+        self.stop_serving().await;
+        let drain = self.handle.current().config.drain.timeout;
+        let tracker = self.ctx.tracker.clone();
+        let drained = async {
+            if drain.is_zero() {
+                tracker.wait().await;
+                true
+            } else {
+                tokio::time::timeout(drain, tracker.wait()).await.is_ok()
+            }
+        };
+        tokio::select! {
+            done = drained => {
+                if !done {
+                    tracing::info!(
+                        connections = self.ctx.tracker.len(),
+                        "drain.timeout reached; closing the remaining connections"
+                    );
+                    self.ctx.hard_stop.cancel();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), self.ctx.tracker.wait()).await;
+                }
+            }
+            _ = shutdown => self.stop(terminate_signal()).await,
+        }
+    }
+
     /// Stops accepting, lets open connections run for up to
     /// `shutdown.timeout` of the live configuration, then closes the rest.
     /// When `hurry` completes first (a second SIGTERM or Ctrl-C: an operator
     /// who will not wait), the rest are closed at once.
-    pub async fn stop(self, hurry: impl Future<Output = ()>) {
+    pub async fn stop(mut self, hurry: impl Future<Output = ()>) {
         let deadline = self.handle.current().config.shutdown.timeout;
-        self.ctx.stop_accepting.cancel();
-        self.stop_reloader.cancel();
-        let _ = self.reloader.await;
-        self.ctx.tracker.close();
+        self.stop_serving().await;
         tokio::pin!(hurry);
         // Polled once now, so that a signal handler behind it is in place
         // before the log line below invites the signal.
@@ -124,7 +176,10 @@ impl Daemon {
     }
 }
 
-/// Runs a daemon until `shutdown` completes, reloading on SIGHUP.
+/// Runs a daemon until `shutdown` completes, reloading on SIGHUP. Started
+/// by an upgrade (see [`crate::upgrade`]), it takes over the old process's
+/// sockets; after handing its own sockets to a new process, it keeps its
+/// open connections until they end, then returns.
 pub async fn run(
     config_path: PathBuf,
     shared: Arc<Shared>,
@@ -137,41 +192,100 @@ pub async fn run(
     // simply reloads.
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| RunError::Io(format!("cannot install the SIGHUP handler: {e}")))?;
+    let mut incoming = crate::upgrade::Incoming::from_env();
+    let inherited = match incoming.as_mut() {
+        Some(i) => Some(i.fetch().await.map_err(|e| RunError::Io(e.to_string()))?),
+        None => None,
+    };
     // Refuse before binding any listener when a live daemon answers on the
     // control socket: a second daemon must not serve beside the one the
     // operator talks to, not even for a moment. (A file that does not parse
-    // is refused by `Daemon::start` below.)
-    if let Ok(config) = crate::config::read_config_bytes(&config_path)
-        .and_then(|b| crate::config::Config::parse(&config_path, &b))
+    // is refused by `Daemon::start` below.) An upgrade replaces that daemon.
+    if incoming.is_none()
+        && let Ok(config) = crate::config::read_config_bytes(&config_path)
+            .and_then(|b| crate::config::Config::parse(&config_path, &b))
     {
         crate::control::ensure_free(&crate::control::socket_path(&config))
             .await
             .map_err(|e| RunError::Io(e.to_string()))?;
     }
-    let daemon = Daemon::start(&config_path, shared, hooks).map_err(RunError::Load)?;
+    let daemon = match Daemon::start_inheriting(&config_path, shared, hooks, inherited) {
+        Ok(d) => d,
+        Err(e) => {
+            if let Some(i) = incoming.as_mut() {
+                i.failed(&e.to_string()).await;
+            }
+            return Err(RunError::Load(e));
+        }
+    };
     let handle = daemon.handle();
-    let background = match crate::triggers::start(&handle, &daemon.context()).await {
+    let ctx = daemon.context();
+    // Only `stayup run` can be upgraded: it is a binary to start again.
+    ctx.upgrader.set_launch(&config_path);
+    let background = match crate::triggers::start(&handle, &ctx).await {
         Ok(b) => b,
         Err(e) => {
+            if let Some(i) = incoming.as_mut() {
+                i.failed(&e).await;
+            }
             daemon.stop(std::future::pending()).await;
             return Err(RunError::Io(e));
         }
     };
+    // Addresses the configuration no longer has are closed here.
+    ctx.upgrader.drop_inherited();
+    if let Some(i) = incoming.as_mut() {
+        // The old process stops accepting once it hears this one serves;
+        // if it cannot be told, it keeps serving and this one must not.
+        if let Err(e) = i.ready(handle.current().id).await {
+            background.shutdown().await;
+            daemon.stop(std::future::pending()).await;
+            return Err(RunError::Io(e.to_string()));
+        }
+    }
+    if let Err(e) = background
+        .start_control(&handle, &ctx, incoming.is_some())
+        .await
+    {
+        background.shutdown().await;
+        daemon.stop(std::future::pending()).await;
+        return Err(RunError::Io(e));
+    }
+    if let Some(i) = incoming.as_mut() {
+        i.control_taken().await;
+    }
     tracing::info!(
         generation = handle.current().id,
         config = %config_path.display(),
+        pid = std::process::id(),
         "stayup ready"
     );
-    crate::systemd::ready(&handle);
+    if incoming.is_some() {
+        tracing::info!("upgrade: this process took over the listening sockets");
+        crate::systemd::ready_as_main(&handle);
+    } else {
+        crate::systemd::ready(&handle);
+    }
     tokio::pin!(shutdown);
-    loop {
+    let retired = loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            _ = &mut shutdown => break false,
+            _ = ctx.upgrader.retired.cancelled() => break true,
             _ = hup.recv() => {
                 tracing::debug!("SIGHUP received; reloading");
                 handle.request(Trigger::Signal);
             }
         }
+    };
+    if retired {
+        tracing::info!(
+            connections = ctx.tracker.len(),
+            "upgrade: the new process serves; this one keeps its open connections until they end"
+        );
+        background.shutdown().await;
+        daemon.retire(shutdown).await;
+        tracing::info!("stopped");
+        return Ok(());
     }
     tracing::info!("stopping");
     crate::systemd::stopping();

@@ -160,6 +160,9 @@ async fn demo(interval: u64, port: u16) -> Result<(), String> {
     let triggers = crate::triggers::start(&handle, &daemon.context())
         .await
         .map_err(|e| e.to_string())?;
+    triggers
+        .start_control(&handle, &daemon.context(), false)
+        .await?;
     let local = daemon
         .local_addrs()
         .into_iter()

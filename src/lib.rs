@@ -35,6 +35,7 @@ pub mod status;
 pub mod store;
 pub mod systemd;
 pub mod triggers;
+pub mod upgrade;
 pub mod watch;
 pub mod yamledit;
 

@@ -47,6 +47,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Hand over to the stayup binary now installed, without closing a connection.
+    ///
+    /// The running daemon starts the binary at the path it was started
+    /// from, hands it the listening sockets, and retires once it serves; its
+    /// open connections run on until they end. If the new process cannot
+    /// start, the old one keeps serving and the reason is printed.
+    Upgrade {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the daemon's raw JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the running daemon's generation, certificates, connections and last reloads.
     Status {
         #[arg(long, short)]
@@ -126,6 +139,7 @@ fn main() -> ExitCode {
         Command::Check { config } => check(config),
         Command::Reload { config, json } => runtime(stayup::control::cli_reload(&config, json)),
         Command::Status { config, json } => runtime(stayup::control::cli_status(&config, json)),
+        Command::Upgrade { config, json } => runtime(stayup::control::cli_upgrade(&config, json)),
         Command::Publish {
             config,
             listener,

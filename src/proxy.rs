@@ -73,6 +73,8 @@ pub struct ProxyContext {
     pub total_open: AtomicUsize,
     /// Configured address -> the address actually bound (differs for port 0).
     bound: std::sync::Mutex<HashMap<SocketAddr, SocketAddr>>,
+    /// The sockets an upgrade hands to a new process, and its progress.
+    pub upgrader: crate::upgrade::Upgrader,
 }
 
 impl ProxyContext {
@@ -84,6 +86,7 @@ impl ProxyContext {
             counters: Counters::default(),
             total_open: AtomicUsize::new(0),
             bound: std::sync::Mutex::new(HashMap::new()),
+            upgrader: crate::upgrade::Upgrader::default(),
         })
     }
 
@@ -131,6 +134,12 @@ impl Listeners {
             if self.bound.contains_key(&l.bind) {
                 continue;
             }
+            // Started by an upgrade: the old process's socket for this
+            // address, not a new bind (which would fail, or lose the queue).
+            if let Some(listener) = self.ctx.upgrader.take_listener(l.bind) {
+                new.push((l.bind, listener));
+                continue;
+            }
             let listener = bind(l.bind).map_err(|e| BindError {
                 file: config.path.clone(),
                 listener: l.name.clone(),
@@ -159,6 +168,9 @@ impl Listeners {
                 addr = %local,
                 "listening"
             );
+            self.ctx
+                .upgrader
+                .record_listener(addr, std::os::fd::AsFd::as_fd(&listener));
             tokio::spawn(accept_loop(
                 self.ctx.clone(),
                 store.clone(),
@@ -177,6 +189,7 @@ impl Listeners {
         for addr in gone {
             if let Some(b) = self.bound.remove(&addr) {
                 tracing::info!(addr = %b.local, "listener removed; no longer accepting");
+                self.ctx.upgrader.forget_listener(addr);
                 b.stop.cancel();
             }
         }
@@ -185,7 +198,8 @@ impl Listeners {
 
     /// Stops every accept loop.
     pub fn stop_all(&mut self) {
-        for (_, b) in self.bound.drain() {
+        for (addr, b) in self.bound.drain() {
+            self.ctx.upgrader.forget_listener(addr);
             b.stop.cancel();
         }
         self.ctx.record_bound(&self.bound);

@@ -196,6 +196,7 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
     let c = &ctx.counters;
     json!({
         "generation": g.id,
+        "pid": std::process::id(),
         // Absolute, so `stayup reload` can tell whether a daemon found at a
         // fallback socket serves the file it was given.
         "config": std::path::absolute(&g.identity.config_path)
@@ -261,6 +262,9 @@ pub fn print_status(s: &Value) {
         str_of(s, "config"),
         str_of(s, "source_sha256")
     );
+    if let Some(pid) = s.get("pid").and_then(Value::as_u64) {
+        println!("pid        {pid}");
+    }
     match s.get("tcp_keepalive") {
         Some(k) if k.is_object() => {
             let n = |key: &str| k.get(key).and_then(Value::as_u64).unwrap_or(0);

@@ -34,6 +34,18 @@ pub fn ready(handle: &ReloadHandle) {
     ]);
 }
 
+/// Tells systemd that this process, started by an upgrade, is now the
+/// service's main process and serves (needs `NotifyAccess=all`: the
+/// message comes from a process systemd did not start).
+pub fn ready_as_main(handle: &ReloadHandle) {
+    let g = handle.current();
+    send(&[
+        NotifyState::MainPid(std::process::id()),
+        NotifyState::Ready,
+        NotifyState::Status(&format!("serving generation {} (upgraded)", g.id)),
+    ]);
+}
+
 /// Tells systemd the daemon is stopping.
 pub fn stopping() {
     send(&[NotifyState::Stopping]);

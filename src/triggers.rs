@@ -20,6 +20,43 @@ pub struct Background {
 }
 
 impl Background {
+    /// Starts serving the control socket. Fails when a live daemon owns
+    /// it. A process started by an upgrade (`take_over`) replaces the old
+    /// process's socket, once the old one has stopped accepting.
+    pub async fn start_control(
+        &self,
+        handle: &ReloadHandle,
+        ctx: &Arc<ProxyContext>,
+        take_over: bool,
+    ) -> Result<(), String> {
+        let socket = crate::control::socket_path(&handle.current().config);
+        let bound = if take_over {
+            crate::control::bind_over(&socket).await
+        } else {
+            crate::control::bind(&socket).await
+        };
+        let first = match bound {
+            Ok(listener) => {
+                tracing::info!(socket = %socket.display(), "control socket ready");
+                Some((socket, listener))
+            }
+            Err(e @ crate::control::ControlError::InUse(_)) => return Err(e.to_string()),
+            Err(e) => {
+                tracing::warn!(
+                    "{e}; `stayup reload` and `stayup status` will not reach this daemon"
+                );
+                None
+            }
+        };
+        self.tasks.spawn(crate::control::run(
+            first,
+            handle.clone(),
+            ctx.clone(),
+            self.stop.clone(),
+        ));
+        Ok(())
+    }
+
     /// Stops every task and waits until they are done (the control socket
     /// file is removed by then).
     pub async fn shutdown(self) {
@@ -29,15 +66,22 @@ impl Background {
     }
 }
 
-/// Starts the background tasks for `handle`. Fails when the control socket
-/// is owned by a live daemon or the admin address cannot be bound.
+/// Starts the background tasks for `handle` but the control socket (see
+/// [`Background::start_control`]). Fails when the admin address cannot be
+/// bound. A process started by an upgrade uses the admin socket it was
+/// handed.
 pub async fn start(handle: &ReloadHandle, ctx: &Arc<ProxyContext>) -> Result<Background, String> {
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let config = handle.current().config.clone();
 
     // The admin address first: if it cannot be bound, nothing is left behind.
+    let inherited_admin = config
+        .admin
+        .as_ref()
+        .and_then(|a| ctx.upgrader.take_admin(a.listen));
     let admin_first = match &config.admin {
+        Some(_) if inherited_admin.is_some() => inherited_admin,
         Some(a) => Some(crate::admin::bind(a.listen).await.map_err(|e| {
             format!(
                 "{}: admin.listen {}: cannot bind: {e}",
@@ -47,25 +91,6 @@ pub async fn start(handle: &ReloadHandle, ctx: &Arc<ProxyContext>) -> Result<Bac
         })?),
         None => None,
     };
-    let socket = crate::control::socket_path(&config);
-    let first = match crate::control::bind(&socket).await {
-        Ok(listener) => {
-            tracing::info!(socket = %socket.display(), "control socket ready");
-            Some((socket, listener))
-        }
-        Err(e @ crate::control::ControlError::InUse(_)) => return Err(e.to_string()),
-        Err(e) => {
-            tracing::warn!("{e}; `stayup reload` and `stayup status` will not reach this daemon");
-            None
-        }
-    };
-    tasks.spawn(crate::control::run(
-        first,
-        handle.clone(),
-        ctx.clone(),
-        stop.clone(),
-    ));
-
     let metrics = crate::metrics::Metrics::start(handle, stop.clone());
     let state = Arc::new(crate::admin::AdminState {
         handle: handle.clone(),

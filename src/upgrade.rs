@@ -1,0 +1,673 @@
+//! Binary upgrade without a dropped connection: `stayup upgrade`.
+//!
+//! A reload changes everything a configuration holds, but not stayup's own
+//! code: a new release (a rustls fix, say) used to mean a restart, and a
+//! restart closes every connection. An upgrade is nginx's binary upgrade
+//! and HAProxy's `-x` socket transfer in one step:
+//!
+//! 1. `stayup upgrade` asks the running daemon (over the control socket).
+//! 2. The daemon starts the binary now installed at the path it was itself
+//!    started from, as its child (so that it stays in the same service,
+//!    with the same stderr), with a one-time token in its environment.
+//! 3. The new process connects to the old one's control socket and is
+//!    handed every listening socket (`SCM_RIGHTS`): the same sockets, not
+//!    new binds, so no connection is refused or lost from the accept queue
+//!    while the two processes change places.
+//! 4. It loads and validates the configuration exactly as a first start
+//!    does. If that fails, it says why and exits; the old process never
+//!    stopped serving and reports the reason: nothing changed.
+//! 5. Once it serves (and has taken over the control socket), it says so;
+//!    the old process stops accepting, stops reloading, answers
+//!    `stayup upgrade`, and keeps its open connections until they end (or
+//!    `drain.timeout`), then exits. Under systemd the new process becomes
+//!    the service's main process (`MAINPID=`, needs `NotifyAccess=all`).
+
+use std::collections::HashMap;
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+use serde_json::{Value, json};
+use tokio::io::Interest;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+/// The environment variable that carries the one-time token to the new process.
+pub const ENV_TOKEN: &str = "STAYUP_UPGRADE_TOKEN";
+/// The environment variable naming the old process's control socket.
+pub const ENV_SOCKET: &str = "STAYUP_UPGRADE_SOCKET";
+
+/// How long the old process waits for the new one to serve.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long each step of the hand-over itself may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The kernel's limit on descriptors in one `SCM_RIGHTS` message.
+const MAX_FDS: usize = 253;
+
+/// Why an upgrade did not take place. The old process keeps serving.
+#[derive(Debug)]
+pub enum UpgradeError {
+    /// Another upgrade is under way.
+    Busy,
+    /// This daemon was not started by `stayup run` (an embedding server, the
+    /// demo), or the path of its binary is not known.
+    Unavailable,
+    /// The binary could not be located or started.
+    Spawn(PathBuf, String),
+    /// The new process failed before serving, with its own reason.
+    Failed(String),
+    /// The new process ended before it said whether it serves.
+    Exited(PathBuf, String),
+    /// The new process did not serve in time (it was stopped).
+    TimedOut(PathBuf),
+    /// The hand-over of the listening sockets failed.
+    HandOver(String),
+}
+
+impl std::fmt::Display for UpgradeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpgradeError::Busy => f.write_str("another upgrade is under way"),
+            UpgradeError::Unavailable => f.write_str(
+                "this daemon cannot be upgraded: it was not started by `stayup run`, or the path of its binary is not known",
+            ),
+            UpgradeError::Spawn(exe, e) => write!(f, "cannot start {}: {e}", exe.display()),
+            UpgradeError::Failed(reason) => write!(f, "the new process did not start: {reason}"),
+            UpgradeError::Exited(exe, status) => write!(
+                f,
+                "the new process ({}) {status} before serving; its log is in this daemon's log",
+                exe.display()
+            ),
+            UpgradeError::TimedOut(exe) => write!(
+                f,
+                "the new process ({}) did not serve within {}s and was stopped",
+                exe.display(),
+                READY_TIMEOUT.as_secs()
+            ),
+            UpgradeError::HandOver(e) => write!(f, "hand-over of the listening sockets failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for UpgradeError {}
+
+/// What the new process reports once it serves.
+#[derive(Debug, Clone, Copy)]
+pub struct Ready {
+    pub pid: u32,
+    pub generation: u64,
+}
+
+/// What an upgrade in progress waits for.
+struct Pending {
+    token: String,
+    ready: Option<oneshot::Sender<Result<Ready, String>>>,
+}
+
+/// The old process's side: the listening sockets it can hand over, and
+/// the upgrade in progress, if any. Lives in the [`crate::proxy::ProxyContext`].
+#[derive(Default)]
+pub struct Upgrader {
+    /// The binary's path and the configuration path, as started.
+    launch: OnceLock<(PathBuf, PathBuf)>,
+    /// Configured listener address -> a duplicate of its listening socket.
+    listeners: Mutex<HashMap<SocketAddr, Arc<OwnedFd>>>,
+    /// Configured admin address -> a duplicate of the admin socket.
+    admin: Mutex<Option<(SocketAddr, Arc<OwnedFd>)>>,
+    pending: Mutex<Option<Pending>>,
+    /// Cancelled when a new process has taken over: the daemon then stops
+    /// everything but its open connections.
+    pub retired: CancellationToken,
+    /// What the new process was handed, for the one that was started by an
+    /// upgrade: taken by the listeners and the admin endpoint at start.
+    inherited: Mutex<Inherited>,
+}
+
+/// Listening sockets received from the old process.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    pub listeners: HashMap<SocketAddr, std::net::TcpListener>,
+    pub admin: Option<(SocketAddr, std::net::TcpListener)>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A duplicate of a socket's descriptor, kept for a later hand-over.
+fn dup(fd: BorrowedFd<'_>) -> Option<Arc<OwnedFd>> {
+    fd.try_clone_to_owned().ok().map(Arc::new)
+}
+
+impl Upgrader {
+    /// Records where the running binary and its configuration are, while
+    /// the binary is still the one running (a package upgrade replaces the
+    /// file later; the path then names the new one).
+    pub fn set_launch(&self, config_path: &Path) {
+        if let Ok(exe) = std::env::current_exe() {
+            // Linux names a binary replaced since it started "... (deleted)".
+            let exe = match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+                Some(s) => PathBuf::from(s),
+                None => exe,
+            };
+            let _ = self.launch.set((exe, config_path.to_path_buf()));
+        }
+    }
+
+    /// A listening socket that now serves, by configured address.
+    pub fn record_listener(&self, addr: SocketAddr, fd: BorrowedFd<'_>) {
+        if let Some(d) = dup(fd) {
+            lock(&self.listeners).insert(addr, d);
+        }
+    }
+
+    /// A listening socket that no longer serves.
+    pub fn forget_listener(&self, addr: SocketAddr) {
+        lock(&self.listeners).remove(&addr);
+    }
+
+    /// The admin endpoint's socket now serving (None: no admin endpoint).
+    pub fn record_admin(&self, socket: Option<(SocketAddr, BorrowedFd<'_>)>) {
+        *lock(&self.admin) = socket.and_then(|(a, fd)| dup(fd).map(|d| (a, d)));
+    }
+
+    /// Stores what this process was handed by the one it replaces.
+    pub fn set_inherited(&self, inherited: Inherited) {
+        *lock(&self.inherited) = inherited;
+    }
+
+    /// The inherited listening socket for a configured address, if any.
+    pub fn take_listener(&self, addr: SocketAddr) -> Option<tokio::net::TcpListener> {
+        let l = lock(&self.inherited).listeners.remove(&addr)?;
+        into_tokio(l)
+    }
+
+    /// The inherited admin socket, if it was for this configured address.
+    pub fn take_admin(&self, addr: SocketAddr) -> Option<tokio::net::TcpListener> {
+        let mut inherited = lock(&self.inherited);
+        match inherited.admin.take() {
+            Some((a, l)) if a == addr => into_tokio(l),
+            other => {
+                inherited.admin = other;
+                None
+            }
+        }
+    }
+
+    /// Closes whatever was inherited and not taken (addresses the new
+    /// configuration no longer has).
+    pub fn drop_inherited(&self) {
+        *lock(&self.inherited) = Inherited::default();
+    }
+
+    /// Runs an upgrade: starts the new binary and waits until it serves or
+    /// fails. On success the caller answers the asker, then calls
+    /// [`Upgrader::retire`].
+    pub async fn upgrade(&self, socket: &Path) -> Result<Ready, UpgradeError> {
+        let Some((exe, config)) = self.launch.get().cloned() else {
+            return Err(UpgradeError::Unavailable);
+        };
+        let token = new_token().map_err(|e| UpgradeError::Spawn(exe.clone(), e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = lock(&self.pending);
+            if pending.is_some() {
+                return Err(UpgradeError::Busy);
+            }
+            *pending = Some(Pending {
+                token: token.clone(),
+                ready: Some(tx),
+            });
+        }
+        let result = self.start_and_wait(&exe, &config, socket, &token, rx).await;
+        *lock(&self.pending) = None;
+        result
+    }
+
+    async fn start_and_wait(
+        &self,
+        exe: &Path,
+        config: &Path,
+        socket: &Path,
+        token: &str,
+        rx: oneshot::Receiver<Result<Ready, String>>,
+    ) -> Result<Ready, UpgradeError> {
+        tracing::info!(binary = %exe.display(), "upgrade: starting the new process");
+        let mut child = tokio::process::Command::new(exe)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env(ENV_TOKEN, token)
+            .env(ENV_SOCKET, socket)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| UpgradeError::Spawn(exe.to_path_buf(), e.to_string()))?;
+        let answer = |r: Result<Result<Ready, String>, oneshot::error::RecvError>| match r {
+            Ok(Ok(ready)) => Ok(ready),
+            Ok(Err(reason)) => Err(UpgradeError::Failed(reason)),
+            Err(_) => Err(UpgradeError::HandOver(
+                "the hand-over ended without an answer".into(),
+            )),
+        };
+        tokio::pin!(rx);
+        let outcome = tokio::select! {
+            r = &mut rx => answer(r),
+            status = child.wait() => {
+                // A process that failed says why before it exits; its word
+                // may still be on its way through the hand-over connection.
+                match tokio::time::timeout(Duration::from_secs(1), &mut rx).await {
+                    Ok(r @ Ok(Err(_))) => answer(r),
+                    _ => Err(UpgradeError::Exited(
+                        exe.to_path_buf(),
+                        match status {
+                            Ok(s) => format!("exited ({s})"),
+                            Err(e) => format!("could not be waited for ({e})"),
+                        },
+                    )),
+                }
+            }
+            _ = tokio::time::sleep(READY_TIMEOUT) => Err(UpgradeError::TimedOut(exe.to_path_buf())),
+        };
+        match &outcome {
+            Ok(_) => {
+                // The new process outlives this one; it is not waited for.
+                drop(child);
+            }
+            Err(_) => {
+                // A process that failed is gone or going; one that hangs is stopped.
+                let _ = child.start_kill();
+                let _ = tokio::time::timeout(STEP_TIMEOUT, child.wait()).await;
+            }
+        }
+        outcome
+    }
+
+    /// After a successful upgrade has been answered: stop everything but
+    /// the open connections.
+    pub fn retire(&self) {
+        lock(&self.listeners).clear();
+        *lock(&self.admin) = None;
+        self.retired.cancel();
+    }
+
+    /// The old process's side of the hand-over, on the control connection
+    /// the new process opened: checks the token, sends the listening
+    /// sockets, then waits for the new process to say whether it serves.
+    pub async fn hand_over<R>(
+        &self,
+        request: &Value,
+        lines: &mut tokio::io::Lines<R>,
+        w: &mut OwnedWriteHalf,
+        stop_accepting: &CancellationToken,
+    ) -> std::io::Result<()>
+    where
+        R: tokio::io::AsyncBufRead + Unpin,
+    {
+        let token = request.get("token").and_then(Value::as_str).unwrap_or("");
+        let expected = lock(&self.pending).as_ref().map(|p| p.token.clone());
+        if expected.is_none_or(|t| t.is_empty() || t != token) {
+            return write_line(
+                w,
+                &json!({ "error": "no upgrade is waiting for this process" }),
+            )
+            .await;
+        }
+        let result = self.send_and_wait(lines, w, stop_accepting).await;
+        let report = match &result {
+            Ok(r) => r.clone(),
+            Err(e) => Err(format!("hand-over failed: {e}")),
+        };
+        if let Some(tx) = lock(&self.pending).as_mut().and_then(|p| p.ready.take()) {
+            let _ = tx.send(report);
+        }
+        result.map(|_| ())
+    }
+
+    async fn send_and_wait<R>(
+        &self,
+        lines: &mut tokio::io::Lines<R>,
+        w: &mut OwnedWriteHalf,
+        stop_accepting: &CancellationToken,
+    ) -> std::io::Result<Result<Ready, String>>
+    where
+        R: tokio::io::AsyncBufRead + Unpin,
+    {
+        let listeners: Vec<(SocketAddr, Arc<OwnedFd>)> = lock(&self.listeners)
+            .iter()
+            .map(|(a, f)| (*a, f.clone()))
+            .collect();
+        let admin = lock(&self.admin).clone();
+        let mut fds: Vec<Arc<OwnedFd>> = listeners.iter().map(|(_, f)| f.clone()).collect();
+        fds.extend(admin.iter().map(|(_, f)| f.clone()));
+        if fds.len() > MAX_FDS {
+            let reason = format!(
+                "{} listening sockets are more than one hand-over can carry ({MAX_FDS})",
+                fds.len()
+            );
+            write_line(w, &json!({ "error": reason })).await?;
+            return Ok(Err(reason));
+        }
+        let mut text = json!({
+            "listeners": listeners.iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>(),
+            "admin": admin.as_ref().map(|(a, _)| a.to_string()),
+        })
+        .to_string();
+        text.push('\n');
+        send_with_fds(w, text.as_bytes(), &fds).await?;
+        drop(fds);
+        // The new process loads its configuration now; a first load reads
+        // every file and may take a while with many certificates.
+        let line = match tokio::time::timeout(READY_TIMEOUT, lines.next_line()).await {
+            Ok(Ok(Some(l))) => l,
+            Ok(Ok(None)) => return Ok(Err("the new process closed the hand-over".into())),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Ok(Err("the new process did not report in time".into())),
+        };
+        let report: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        if let Some(reason) = report.get("failed").and_then(Value::as_str) {
+            return Ok(Err(reason.to_string()));
+        }
+        let ready = Ready {
+            pid: report
+                .get("pid")
+                .and_then(Value::as_u64)
+                .and_then(|p| u32::try_from(p).ok())
+                .unwrap_or(0),
+            generation: report
+                .get("generation")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+        };
+        if ready.pid == 0 {
+            return Ok(Err(format!(
+                "unexpected report from the new process: {line}"
+            )));
+        }
+        // Confirmed before this process stops accepting: if the new one
+        // cannot hear it, it exits and this one serves on.
+        write_line(w, &json!({ "ok": true })).await?;
+        // From here on only the new process accepts: the sockets are the
+        // same, so connections waiting in their queues are the new one's.
+        stop_accepting.cancel();
+        // The asker is answered once the new process has the control
+        // socket too, so that its next `stayup status` reaches the new one.
+        let _ = tokio::time::timeout(STEP_TIMEOUT, lines.next_line()).await;
+        Ok(Ok(ready))
+    }
+}
+
+async fn write_line(w: &mut OwnedWriteHalf, v: &Value) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut text = v.to_string();
+    text.push('\n');
+    w.write_all(text.as_bytes()).await
+}
+
+/// Sends `bytes` with `fds` attached to the first of them.
+async fn send_with_fds(
+    w: &mut OwnedWriteHalf,
+    bytes: &[u8],
+    fds: &[Arc<OwnedFd>],
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+    let mut space =
+        vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(borrowed.len()))];
+    let sent = {
+        let stream: &tokio::net::UnixStream = w.as_ref();
+        loop {
+            stream.writable().await?;
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            if !borrowed.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&borrowed)) {
+                return Err(std::io::Error::other("descriptors do not fit the message"));
+            }
+            match stream.try_io(Interest::WRITABLE, || {
+                rustix::net::sendmsg(
+                    stream,
+                    &[IoSlice::new(bytes)],
+                    &mut control,
+                    SendFlags::NOSIGNAL,
+                )
+                .map_err(std::io::Error::from)
+            }) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    w.write_all(&bytes[sent..]).await
+}
+
+fn new_token() -> std::io::Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(hex::encode(bytes))
+}
+
+fn into_tokio(l: std::net::TcpListener) -> Option<tokio::net::TcpListener> {
+    l.set_nonblocking(true).ok()?;
+    tokio::net::TcpListener::from_std(l).ok()
+}
+
+/// The new process's side: set when this process was started by an upgrade.
+pub struct Incoming {
+    socket: PathBuf,
+    token: String,
+    stream: Option<StdUnixStream>,
+    pending: Vec<u8>,
+}
+
+/// Why the new process could not get the old one's sockets.
+#[derive(Debug)]
+pub struct HandOverError(String);
+
+impl std::fmt::Display for HandOverError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "upgrade: {}", self.0)
+    }
+}
+
+impl std::error::Error for HandOverError {}
+
+impl Incoming {
+    /// Whether this process was started by an upgrade.
+    pub fn from_env() -> Option<Incoming> {
+        let token = std::env::var(ENV_TOKEN).ok().filter(|t| !t.is_empty())?;
+        let socket = std::env::var_os(ENV_SOCKET).map(PathBuf::from)?;
+        Some(Incoming {
+            socket,
+            token,
+            stream: None,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Connects to the old process and receives its listening sockets.
+    pub async fn fetch(&mut self) -> Result<Inherited, HandOverError> {
+        let socket = self.socket.clone();
+        let token = self.token.clone();
+        let (stream, inherited, rest) =
+            tokio::task::spawn_blocking(move || fetch_blocking(&socket, &token))
+                .await
+                .map_err(|e| HandOverError(e.to_string()))??;
+        self.stream = Some(stream);
+        self.pending = rest;
+        Ok(inherited)
+    }
+
+    /// Tells the old process this one serves, and waits until it has
+    /// stopped accepting (bounded).
+    pub async fn ready(&mut self, generation: u64) -> Result<(), HandOverError> {
+        let report = json!({ "pid": std::process::id(), "generation": generation });
+        let answer = self.report(report, true).await?;
+        match answer.get("ok").and_then(Value::as_bool) {
+            Some(true) => Ok(()),
+            _ => Err(HandOverError(format!(
+                "the old process did not confirm: {answer}"
+            ))),
+        }
+    }
+
+    /// Tells the old process that this one answers on the control socket now.
+    pub async fn control_taken(&mut self) {
+        let _ = self.report(json!({ "control": true }), false).await;
+    }
+
+    /// Tells the old process why this one cannot serve.
+    pub async fn failed(&mut self, reason: &str) {
+        let _ = self.report(json!({ "failed": reason }), false).await;
+    }
+
+    async fn report(&mut self, report: Value, wait: bool) -> Result<Value, HandOverError> {
+        let Some(mut stream) = self.stream.take() else {
+            return Err(HandOverError("no hand-over connection".into()));
+        };
+        let pending = std::mem::take(&mut self.pending);
+        let (stream, rest, answer) = tokio::task::spawn_blocking(move || {
+            let mut text = report.to_string();
+            text.push('\n');
+            if let Err(e) = stream.write_all(text.as_bytes()) {
+                let e = HandOverError(format!("cannot report to the old process: {e}"));
+                return (stream, pending, Err(e));
+            }
+            if !wait {
+                return (stream, pending, Ok(Value::Null));
+            }
+            match read_line(&mut stream, pending) {
+                Ok((line, rest)) => {
+                    let answer = serde_json::from_slice(&line)
+                        .map_err(|e| HandOverError(format!("unreadable answer: {e}")));
+                    (stream, rest, answer)
+                }
+                Err(e) => (stream, Vec::new(), Err(e)),
+            }
+        })
+        .await
+        .map_err(|e| HandOverError(e.to_string()))?;
+        self.stream = Some(stream);
+        self.pending = rest;
+        answer
+    }
+}
+
+type Fetched = (StdUnixStream, Inherited, Vec<u8>);
+
+fn fetch_blocking(socket: &Path, token: &str) -> Result<Fetched, HandOverError> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        HandOverError(format!("{what} {}: {e}", socket.display()))
+    };
+    let mut stream =
+        StdUnixStream::connect(socket).map_err(|e| fail("cannot reach the old process at", &e))?;
+    let _ = stream.set_read_timeout(Some(STEP_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(STEP_TIMEOUT));
+    let mut request = json!({ "command": "hand-over", "token": token }).to_string();
+    request.push('\n');
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| fail("cannot ask the old process at", &e))?;
+
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = rustix::net::recvmsg(
+        &stream,
+        &mut [IoSliceMut::new(&mut buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .map_err(|e| fail("no answer from the old process at", &e))?;
+    if got.flags.contains(ReturnFlags::CTRUNC) {
+        return Err(HandOverError(
+            "the listening sockets did not all arrive".into(),
+        ));
+    }
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    let first = buf.get(..got.bytes).unwrap_or_default().to_vec();
+    let (line, rest) = read_line(&mut stream, first)?;
+    let answer: Value = serde_json::from_slice(&line)
+        .map_err(|e| HandOverError(format!("unreadable answer from the old process: {e}")))?;
+    if let Some(e) = answer.get("error").and_then(Value::as_str) {
+        return Err(HandOverError(format!("the old process refused: {e}")));
+    }
+    let addr = |v: &Value| -> Result<SocketAddr, HandOverError> {
+        v.as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| HandOverError(format!("not an address in the hand-over: {v}")))
+    };
+    let listeners = answer
+        .get("listeners")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let admin = match answer.get("admin") {
+        Some(v) if !v.is_null() => Some(addr(v)?),
+        _ => None,
+    };
+    if fds.len() != listeners.len() + usize::from(admin.is_some()) {
+        return Err(HandOverError(format!(
+            "{} sockets arrived for {} addresses",
+            fds.len(),
+            listeners.len() + usize::from(admin.is_some())
+        )));
+    }
+    let mut fds = fds.into_iter();
+    let mut inherited = Inherited::default();
+    for l in &listeners {
+        if let Some(fd) = fds.next() {
+            inherited
+                .listeners
+                .insert(addr(l)?, std::net::TcpListener::from(fd));
+        }
+    }
+    if let (Some(a), Some(fd)) = (admin, fds.next()) {
+        inherited.admin = Some((a, std::net::TcpListener::from(fd)));
+    }
+    // The rest of the exchange waits for this process's first load.
+    let _ = stream.set_read_timeout(Some(READY_TIMEOUT));
+    Ok((stream, inherited, rest))
+}
+
+/// Reads up to the first newline; returns the line and what followed it.
+fn read_line(
+    stream: &mut StdUnixStream,
+    mut have: Vec<u8>,
+) -> Result<(Vec<u8>, Vec<u8>), HandOverError> {
+    loop {
+        if let Some(i) = have.iter().position(|b| *b == b'\n') {
+            let rest = have.split_off(i + 1);
+            have.pop();
+            return Ok((have, rest));
+        }
+        if have.len() > 64 * 1024 {
+            return Err(HandOverError("the old process's answer is too long".into()));
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) => {
+                return Err(HandOverError("the old process closed the hand-over".into()));
+            }
+            Ok(n) => have.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            Err(e) => {
+                return Err(HandOverError(format!(
+                    "no answer from the old process: {e}"
+                )));
+            }
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! `stayup upgrade`: the running daemon hands its listening sockets to a
+//! new process of the binary and retires, and no connection is lost: one
+//! streaming through the old process runs to its end, new connections made
+//! all through the hand-over are all served, the control socket and the
+//! admin endpoint answer from the new process. A new process that cannot
+//! start leaves the old one serving, with the reason.
+
+mod common;
+mod control_support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use control_support::*;
+
+/// The process an upgrade started: not the test's child, so it is stopped
+/// by pid, also when the test fails.
+struct Upgraded(u32);
+
+impl Upgraded {
+    fn alive(&self) -> bool {
+        std::path::Path::new(&format!("/proc/{}", self.0)).exists()
+            && !std::fs::read_to_string(format!("/proc/{}/stat", self.0))
+                .unwrap_or_default()
+                .contains(") Z ")
+    }
+
+    async fn stop(self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.to_string())
+            .status();
+        let deadline = Instant::now() + WAIT;
+        while self.alive() {
+            assert!(Instant::now() < deadline, "pid {} did not stop", self.0);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Upgraded {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-KILL")
+            .arg(self.0.to_string())
+            .status();
+    }
+}
+
+async fn upgrade(config: &std::path::Path) -> (i32, String, String) {
+    let path = config.to_str().expect("utf-8 path").to_string();
+    tokio::task::spawn_blocking(move || stayup(&["upgrade", "--config", &path]))
+        .await
+        .expect("upgrade thread")
+}
+
+/// The pid in `upgraded: pid N serves ...`.
+fn new_pid(out: &str) -> u32 {
+    out.split_once("upgraded: pid ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no new pid in {out:?}"))
+}
+
+fn with_admin(bind: SocketAddr, backend: SocketAddr, admin: SocketAddr) -> String {
+    format!(
+        "{}admin:\n  listen: \"{admin}\"\n",
+        simple_config(bind, backend, "a")
+    )
+}
+
+/// New TLS connections, one after another, each with one echo, until told
+/// to stop; counts those served and those that failed in any way.
+struct Churn {
+    stop: Arc<AtomicBool>,
+    served: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Churn {
+    fn start(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> Churn {
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicU64::new(0));
+        let (s, n) = (stop.clone(), served.clone());
+        let task = tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                let one = async {
+                    let mut c = connect(addr, "localhost", cfg.clone()).await?;
+                    tokio::io::AsyncWriteExt::write_all(&mut c, b"churn").await?;
+                    let mut buf = [0u8; 5];
+                    tokio::io::AsyncReadExt::read_exact(&mut c, &mut buf).await?;
+                    if &buf != b"churn" {
+                        return Err(std::io::Error::other("wrong echo"));
+                    }
+                    Ok::<_, std::io::Error>(())
+                };
+                match tokio::time::timeout(WAIT, one).await {
+                    Ok(Ok(())) => {
+                        n.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Err(e)) => failures.push(e.to_string()),
+                    Err(_) => failures.push("timed out".into()),
+                }
+            }
+            failures
+        });
+        Churn { stop, served, task }
+    }
+
+    async fn wait_served(&self, at_least: u64) {
+        let deadline = Instant::now() + WAIT;
+        while self.served.load(Ordering::Relaxed) < at_least {
+            assert!(Instant::now() < deadline, "the churn stalled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let failures = self.task.await.expect("churn task");
+        (self.served.load(Ordering::Relaxed), failures)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_hands_over_the_sockets_and_loses_no_connection() {
+    let admin: SocketAddr = free_addr();
+    let (site, _backend, bind, mut old) = serving(|b, be| with_admin(b, be, admin)).await;
+    let old_pid = old.pid() as u32;
+    let streamer = streamer_at(bind, "localhost", site.client()).await;
+    let churn = Churn::start(bind, site.client());
+    churn.wait_served(20).await;
+
+    let (code, out, err) = upgrade(&site.config).await;
+    assert_eq!(code, 0, "upgrade failed: {out}{err}\n{}", old.output());
+    let upgraded = Upgraded(new_pid(&out));
+    assert_ne!(upgraded.0, old_pid);
+    assert!(
+        out.contains(&format!("(was pid {old_pid}")),
+        "unexpected answer: {out}"
+    );
+    old.wait_for("upgrade: committed").await;
+
+    // The control socket and the admin endpoint now answer from the new process.
+    let status = status_json(&site.config).await;
+    assert_eq!(status["pid"].as_u64(), Some(u64::from(upgraded.0)));
+    assert_eq!(status["generation"].as_u64(), Some(1));
+    let (code, _, body) = http_get(admin, "/status").await;
+    assert_eq!(code, 200);
+    let admin_status: serde_json::Value = serde_json::from_str(&body).expect("admin JSON");
+    assert_eq!(admin_status["pid"].as_u64(), Some(u64::from(upgraded.0)));
+
+    // New connections keep being served, now by the new process only.
+    let before = churn.served.load(Ordering::Relaxed);
+    churn.wait_served(before + 20).await;
+    let (served, failures) = churn.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} of {} connections made during the upgrade failed: {failures:?}",
+        failures.len(),
+        served + failures.len() as u64
+    );
+
+    // The connection the old process accepted streams on, through it.
+    assert!(
+        old.child.try_wait().expect("try_wait").is_none(),
+        "the old process exited while it still had a connection"
+    );
+    streamer.advance(256 * 1024).await;
+    let bytes = streamer.finish().await.expect("the old connection broke");
+    assert!(bytes >= 256 * 1024);
+
+    // Its last connection ended: the old process exits, cleanly.
+    let exit = old.wait_exit().await;
+    assert!(exit.success(), "the old process exited with {exit}");
+    assert!(upgraded.alive(), "the new process ended with the old one");
+    let _ = fingerprint_at(bind, "localhost", site.client()).await;
+    upgraded.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upgrade_leaves_the_old_process_serving_and_says_why() {
+    let (site, backend, bind, mut old) = serving(|b, be| simple_config(b, be, "a")).await;
+    let old_pid = old.pid() as u32;
+    let mut open = connected(bind, "localhost", site.client()).await;
+    echo_round_trip(&mut open, b"before").await;
+
+    // The new process reads the file as it is now (the old one does not
+    // watch it): a certificate that does not exist.
+    let good = simple_config(bind, backend.addr, "a");
+    site.publish(&good.replace("certs/a.pem", "certs/missing.pem"));
+    let (code, out, err) = upgrade(&site.config).await;
+    assert_eq!(code, 1, "a broken upgrade was not rejected: {out}{err}");
+    if std::env::var_os("STAYUP_TEST_ECHO").is_some() {
+        eprintln!("{out}");
+    }
+    assert!(
+        out.contains(&format!("rejected: pid {old_pid} keeps serving")),
+        "{out}"
+    );
+    assert!(
+        out.contains("certs/missing.pem"),
+        "the reason does not name the file: {out}"
+    );
+    old.wait_for("upgrade: rejected").await;
+
+    // Nothing changed: the same process answers and serves, old and new
+    // connections alike.
+    let status = status_json(&site.config).await;
+    assert_eq!(status["pid"].as_u64(), Some(u64::from(old_pid)));
+    echo_round_trip(&mut open, b"after").await;
+    let _ = fingerprint_at(bind, "localhost", site.client()).await;
+
+    // And a later upgrade, with the file repaired, goes through.
+    site.publish(&good);
+    let (code, out, err) = upgrade(&site.config).await;
+    assert_eq!(code, 0, "upgrade failed: {out}{err}\n{}", old.output());
+    let upgraded = Upgraded(new_pid(&out));
+    assert_eq!(
+        status_json(&site.config).await["pid"].as_u64(),
+        Some(u64::from(upgraded.0))
+    );
+    echo_round_trip(&mut open, b"still").await;
+    drop(open);
+    assert!(old.wait_exit().await.success());
+    upgraded.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upgrade_runs_the_binary_now_installed_at_the_path() {
+    use std::os::unix::fs::MetadataExt;
+    let site = Site::new();
+    site.cert("a", &["localhost"]);
+    let backend = EchoBackend::start().await;
+    let bind = free_addr();
+    site.publish(&simple_config(bind, backend.addr, "a"));
+    // stayup installed at a path of its own, as a package would.
+    let installed = site.path("bin/stayup");
+    std::fs::create_dir_all(site.path("bin")).expect("mkdir bin");
+    std::fs::copy(stayup_bin(), &installed).expect("install stayup");
+    let mut cmd = std::process::Command::new(&installed);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&site.config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .env_remove("RUST_LOG");
+    let mut old = Daemon::spawn_command(cmd);
+    old.wait_for("stayup ready").await;
+    let mut open = connected(bind, "localhost", site.client()).await;
+
+    // A new release replaces the file the way package managers do: a new
+    // file renamed over the old path. The running binary is now "deleted".
+    let staged = site.path("bin/.stayup.new");
+    std::fs::copy(stayup_bin(), &staged).expect("stage the new binary");
+    std::fs::rename(&staged, &installed).expect("install the new binary");
+    let new_inode = std::fs::metadata(&installed).expect("stat").ino();
+    let old_exe = std::fs::read_link(format!("/proc/{}/exe", old.pid())).expect("old exe");
+    assert!(
+        old_exe.to_string_lossy().ends_with("(deleted)"),
+        "{old_exe:?}"
+    );
+
+    let (code, out, err) = upgrade(&site.config).await;
+    assert_eq!(code, 0, "upgrade failed: {out}{err}\n{}", old.output());
+    let upgraded = Upgraded(new_pid(&out));
+    let exe = format!("/proc/{}/exe", upgraded.0);
+    assert_eq!(std::fs::read_link(&exe).expect("new exe"), installed);
+    assert_eq!(
+        std::fs::metadata(&exe).expect("stat new exe").ino(),
+        new_inode
+    );
+
+    echo_round_trip(&mut open, b"old binary").await;
+    let _ = fingerprint_at(bind, "localhost", site.client()).await;
+    drop(open);
+    assert!(old.wait_exit().await.success());
+    upgraded.stop().await;
+}
