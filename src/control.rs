@@ -477,24 +477,8 @@ pub async fn cli_reload(config: &Path, as_json: bool) -> u8 {
             return 2;
         }
     };
-    let answer = match tokio::time::timeout(RELOAD_TIMEOUT, request(&found.socket, "reload")).await
-    {
-        Ok(Ok(a)) => a,
-        Ok(Err(e)) => {
-            eprintln!(
-                "stayup reload: the daemon at {} did not answer: {e}",
-                found.socket.display()
-            );
-            return 2;
-        }
-        Err(_) => {
-            eprintln!(
-                "stayup reload: the daemon at {} gave no outcome within {}s",
-                found.socket.display(),
-                RELOAD_TIMEOUT.as_secs()
-            );
-            return 2;
-        }
+    let Some(answer) = ask(&found.socket, "reload", RELOAD_TIMEOUT).await else {
+        return 2;
     };
     if as_json {
         println!("{answer}");
@@ -507,6 +491,29 @@ pub async fn cli_reload(config: &Path, as_json: bool) -> u8 {
         _ => {
             eprintln!("stayup reload: unexpected answer from the daemon: {answer}");
             2
+        }
+    }
+}
+
+/// Sends `command` and waits up to `limit` for the outcome; says on stderr
+/// why there is none.
+async fn ask(socket: &Path, command: &str, limit: Duration) -> Option<Value> {
+    match tokio::time::timeout(limit, request(socket, command)).await {
+        Ok(Ok(a)) => Some(a),
+        Ok(Err(e)) => {
+            eprintln!(
+                "stayup {command}: the daemon at {} did not answer: {e}",
+                socket.display()
+            );
+            None
+        }
+        Err(_) => {
+            eprintln!(
+                "stayup {command}: the daemon at {} gave no outcome within {}s",
+                socket.display(),
+                limit.as_secs()
+            );
+            None
         }
     }
 }
@@ -561,25 +568,9 @@ pub async fn cli_upgrade(config: &Path, as_json: bool) -> u8 {
             return 2;
         }
     };
-    let answer =
-        match tokio::time::timeout(UPGRADE_TIMEOUT, request(&found.socket, "upgrade")).await {
-            Ok(Ok(a)) => a,
-            Ok(Err(e)) => {
-                eprintln!(
-                    "stayup upgrade: the daemon at {} did not answer: {e}",
-                    found.socket.display()
-                );
-                return 2;
-            }
-            Err(_) => {
-                eprintln!(
-                    "stayup upgrade: the daemon at {} gave no outcome within {}s",
-                    found.socket.display(),
-                    UPGRADE_TIMEOUT.as_secs()
-                );
-                return 2;
-            }
-        };
+    let Some(answer) = ask(&found.socket, "upgrade", UPGRADE_TIMEOUT).await else {
+        return 2;
+    };
     if as_json {
         println!("{answer}");
     }

@@ -54,6 +54,8 @@ fn kubernetes_configmap_config_passes_check_in_the_projected_layout() {
 fn systemd_unit_uses_notify_reload_and_real_commands() {
     let unit = repo_file("contrib/systemd/stayup.service");
     assert!(unit.contains("\nType=notify-reload\n"));
+    // The process an upgrade starts announces itself as MAINPID=.
+    assert!(unit.contains("\nNotifyAccess=all\n"));
     assert!(unit.contains("ExecStart=/usr/local/bin/stayup run --config "));
     assert!(unit.contains("ExecStartPre=/usr/local/bin/stayup check --config "));
     let notes = repo_file("contrib/systemd/README.md");

@@ -3,28 +3,10 @@
 
 mod common;
 
-use std::os::unix::net::UnixDatagram;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
-
-/// Receives datagrams on a thread and hands them over as strings.
-fn receiver(sock: UnixDatagram) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 64 * 1024];
-        while let Ok(n) = sock.recv(&mut buf) {
-            if tx
-                .send(String::from_utf8_lossy(&buf[..n]).into_owned())
-                .is_err()
-            {
-                break;
-            }
-        }
-    });
-    rx
-}
 
 async fn next(rx: &mpsc::Receiver<String>) -> String {
     let deadline = std::time::Instant::now() + WAIT;
@@ -58,7 +40,7 @@ async fn ready_then_reloading_and_ready_for_every_reload() {
     let bind = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     site.publish(&simple_config(bind, backend.addr, "a"));
     let path = site.path("notify.sock");
-    let rx = receiver(UnixDatagram::bind(&path).expect("bind notify socket"));
+    let rx = notify_receiver(&path);
     let notify = path.to_str().expect("utf-8");
     let mut d = Daemon::spawn(&site.config, &[("NOTIFY_SOCKET", notify)]);
     d.wait_for("stayup ready").await;

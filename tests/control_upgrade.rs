@@ -281,3 +281,63 @@ async fn the_upgrade_runs_the_binary_now_installed_at_the_path() {
     assert!(old.wait_exit().await.success());
     upgraded.stop().await;
 }
+
+/// Under systemd the new process becomes the service's main process
+/// (`MAINPID=`), and the old one, retiring, sends nothing that would make
+/// systemd think the service stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_the_new_process_becomes_the_main_pid() {
+    let site = Site::new();
+    site.cert("a", &["localhost"]);
+    let backend = EchoBackend::start().await;
+    let bind = free_addr();
+    site.publish(&simple_config(bind, backend.addr, "a"));
+    let path = site.path("notify.sock");
+    let rx = notify_receiver(&path);
+    let recv = || rx.recv_timeout(WAIT).expect("no notification in time");
+    let notify = path.to_str().expect("utf-8");
+    let mut old = Daemon::spawn(&site.config, &[("NOTIFY_SOCKET", notify)]);
+    old.wait_for("stayup ready").await;
+    assert_eq!(recv(), "READY=1\nSTATUS=serving generation 1\n");
+    let mut open = connected(bind, "localhost", site.client()).await;
+
+    let (code, out, err) = upgrade(&site.config).await;
+    assert_eq!(code, 0, "upgrade failed: {out}{err}\n{}", old.output());
+    let upgraded = Upgraded(new_pid(&out));
+    assert_eq!(
+        recv(),
+        format!(
+            "MAINPID={}\nREADY=1\nSTATUS=serving generation 1 (upgraded)\n",
+            upgraded.0
+        )
+    );
+
+    echo_round_trip(&mut open, b"draining").await;
+    drop(open);
+    assert!(old.wait_exit().await.success());
+    // The first word after the old process's exit is the new one's stop.
+    upgraded.stop().await;
+    assert_eq!(recv(), "STOPPING=1\n");
+}
+
+/// The old process keeps its connections for `drain.timeout` at most, as
+/// for any superseded generation, then closes them and exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_upgrade_the_old_process_drains_within_drain_timeout() {
+    let (site, _backend, bind, mut old) =
+        serving(|b, be| format!("{}drain:\n  timeout: 1s\n", simple_config(b, be, "a"))).await;
+    let mut open = connected(bind, "localhost", site.client()).await;
+    echo_round_trip(&mut open, b"before").await;
+    let (code, out, err) = upgrade(&site.config).await;
+    assert_eq!(code, 0, "upgrade failed: {out}{err}\n{}", old.output());
+    let upgraded = Upgraded(new_pid(&out));
+    assert!(out.contains("keeps its 1 open connection(s)"), "{out}");
+    // Closed by the old process once drain.timeout has passed.
+    let started = Instant::now();
+    let _ = read_to_close(&mut open).await;
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    old.wait_for("drain.timeout reached").await;
+    assert!(old.wait_exit().await.success());
+    let _ = fingerprint_at(bind, "localhost", site.client()).await;
+    upgraded.stop().await;
+}

@@ -792,3 +792,22 @@ pub async fn read_to_close<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> std::i
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "peer never closed"))??;
     Ok(out)
 }
+
+/// A systemd notification socket (`NOTIFY_SOCKET`) at `path`: a thread
+/// receives its datagrams and hands them over as strings.
+pub fn notify_receiver(path: &Path) -> std::sync::mpsc::Receiver<String> {
+    let sock = std::os::unix::net::UnixDatagram::bind(path).expect("bind notify socket");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = sock.recv(&mut buf) {
+            if tx
+                .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    rx
+}
