@@ -86,6 +86,7 @@ impl Daemon {
     /// Stops accepting and reloading; open connections run on.
     async fn stop_serving(&mut self) {
         self.ctx.stop_accepting.cancel();
+        self.ctx.upgrader.release();
         self.stop_reloader.cancel();
         if let Some(reloader) = self.reloader.take() {
             let _ = reloader.await;

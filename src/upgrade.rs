@@ -295,9 +295,15 @@ impl Upgrader {
     /// After a successful upgrade has been answered: stop everything but
     /// the open connections.
     pub fn retire(&self) {
+        self.release();
+        self.retired.cancel();
+    }
+
+    /// Closes the duplicates kept for a hand-over: a stopping daemon's
+    /// ports must refuse connections, not queue them for nobody.
+    pub fn release(&self) {
         lock(&self.listeners).clear();
         *lock(&self.admin) = None;
-        self.retired.cancel();
     }
 
     /// The old process's side of the hand-over, on the control connection

@@ -206,3 +206,24 @@ async fn superseded_generation_is_freed_when_its_last_connection_ends() {
     }
     assert!(d.stop().await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_endpoint_closes_when_the_stop_begins() {
+    let admin = free_addr();
+    let (site, _backend, bind, mut d) = serving(|bind, backend| {
+        format!(
+            "{}admin:\n  listen: \"{admin}\"\n",
+            simple_config(bind, backend, "a")
+        )
+    })
+    .await;
+    let streamer = streamer_at(bind, "localhost", site.client()).await;
+    d.signal("TERM");
+    d.wait_for("stopped accepting").await;
+    // Refused while the open connection drains, not queued for nobody.
+    wait_refused(admin).await;
+    wait_refused(bind).await;
+    streamer.advance(16 * 1024).await;
+    streamer.finish().await.expect("stream intact");
+    assert!(d.wait_exit().await.success());
+}
