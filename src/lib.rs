@@ -5,8 +5,11 @@
 //! does); [`daemon::Daemon`] runs listeners whose generation the
 //! [`reloader::Reloader`] replaces atomically; every reload returns an
 //! [`reloader::Outcome`]. [`triggers::start`] adds what `stayup run` has
-//! besides SIGHUP: the control socket, the file watcher and poll, the admin
-//! endpoint and systemd notifications.
+//! besides SIGHUP: the file watcher and poll, the admin endpoint and
+//! systemd notifications, and [`triggers::Background::start_control`] the
+//! control socket. [`upgrade`] hands the listening sockets to a new process
+//! of the binary (`stayup upgrade`), so that even stayup's own code is
+//! replaced without closing a connection.
 //!
 //! Data flows one way: a trigger asks the reloader; the reloader reads the
 //! [`config`], loads the [`material`], builds a [`generation`] and commits it
