@@ -341,3 +341,12 @@ async fn after_an_upgrade_the_old_process_drains_within_drain_timeout() {
     let _ = fingerprint_at(bind, "localhost", site.client()).await;
     upgraded.stop().await;
 }
+
+#[tokio::test]
+async fn upgrade_without_a_daemon_exits_2() {
+    let (site, _backend, _bind, old) = serving(|b, be| simple_config(b, be, "a")).await;
+    drop(old);
+    let (code, out, err) = upgrade(&site.config).await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("no daemon answering"), "{err}");
+}
