@@ -246,7 +246,10 @@ async fn session(
         if line.len() > 64 * 1024 {
             break;
         }
-        let request: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        let request: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => json!({ "error": format!("request is not JSON: {e}") }),
+        };
         match request.get("command").and_then(Value::as_str) {
             // The new process of an upgrade, asking for the sockets.
             Some("hand-over") => {
@@ -269,7 +272,10 @@ async fn session(
             }
             _ => {}
         }
-        let answer = answer(&line, &handle, &ctx).await;
+        let answer = match request.get("error") {
+            Some(_) => request,
+            None => answer(&request, &handle, &ctx).await,
+        };
         let mut text = answer.to_string();
         text.push('\n');
         w.write_all(text.as_bytes()).await?;
@@ -277,11 +283,7 @@ async fn session(
     Ok(())
 }
 
-async fn answer(line: &str, handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
-    let request: Value = match serde_json::from_str(line) {
-        Ok(v) => v,
-        Err(e) => return json!({ "error": format!("request is not JSON: {e}") }),
-    };
+async fn answer(request: &Value, handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
     match request.get("command").and_then(Value::as_str) {
         Some("reload") => match handle.reload(Trigger::Control).await {
             Some(o) => outcome_json(&o),

@@ -113,12 +113,7 @@ impl Daemon {
         tokio::select! {
             done = drained => {
                 if !done {
-                    tracing::info!(
-                        connections = self.ctx.tracker.len(),
-                        "drain.timeout reached; closing the remaining connections"
-                    );
-                    self.ctx.hard_stop.cancel();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), self.ctx.tracker.wait()).await;
+                    self.close_the_rest("drain.timeout reached; closing the remaining connections").await;
                 }
             }
             _ = shutdown => self.stop(terminate_signal()).await,
@@ -161,17 +156,18 @@ impl Daemon {
         if self.ctx.tracker.is_empty() {
             return;
         }
-        if hurried {
-            tracing::info!(
-                connections = self.ctx.tracker.len(),
-                "asked again to stop; closing the remaining connections"
-            );
+        self.close_the_rest(if hurried {
+            "asked again to stop; closing the remaining connections"
         } else {
-            tracing::info!(
-                connections = self.ctx.tracker.len(),
-                "stop deadline reached; closing the remaining connections"
-            );
-        }
+            "stop deadline reached; closing the remaining connections"
+        })
+        .await;
+    }
+
+    /// Closes the connections still open, saying why, and waits (briefly)
+    /// until they are gone.
+    async fn close_the_rest(&self, why: &str) {
+        tracing::info!(connections = self.ctx.tracker.len(), "{why}");
         self.ctx.hard_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.ctx.tracker.wait()).await;
     }
@@ -235,25 +231,27 @@ pub async fn run(
     };
     // Addresses the configuration no longer has are closed here.
     ctx.upgrader.drop_inherited();
-    if let Some(i) = incoming.as_mut() {
-        // The old process stops accepting once it hears this one serves;
-        // if it cannot be told, it keeps serving and this one must not.
-        if let Err(e) = i.ready(handle.current().id).await {
-            background.shutdown().await;
-            daemon.stop(std::future::pending()).await;
-            return Err(RunError::Io(e.to_string()));
+    let control = async {
+        if let Some(i) = incoming.as_mut() {
+            // The old process stops accepting once it hears this one
+            // serves; if it cannot be told, it keeps serving and this one
+            // must not.
+            i.ready(handle.current().id)
+                .await
+                .map_err(|e| e.to_string())?;
         }
-    }
-    if let Err(e) = background
-        .start_control(&handle, &ctx, incoming.is_some())
-        .await
-    {
+        background
+            .start_control(&handle, &ctx, incoming.is_some())
+            .await?;
+        if let Some(i) = incoming.as_mut() {
+            i.control_taken().await;
+        }
+        Ok::<(), String>(())
+    };
+    if let Err(e) = control.await {
         background.shutdown().await;
         daemon.stop(std::future::pending()).await;
         return Err(RunError::Io(e));
-    }
-    if let Some(i) = incoming.as_mut() {
-        i.control_taken().await;
     }
     tracing::info!(
         generation = handle.current().id,
@@ -263,10 +261,8 @@ pub async fn run(
     );
     if incoming.is_some() {
         tracing::info!("upgrade: this process took over the listening sockets");
-        crate::systemd::ready_as_main(&handle);
-    } else {
-        crate::systemd::ready(&handle);
     }
+    crate::systemd::ready(&handle, incoming.is_some());
     tokio::pin!(shutdown);
     let retired = loop {
         tokio::select! {

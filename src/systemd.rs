@@ -25,25 +25,22 @@ fn send(states: &[NotifyState]) {
     }
 }
 
-/// Tells systemd the daemon serves (after the first commit).
-pub fn ready(handle: &ReloadHandle) {
+/// Tells systemd the daemon serves (after the first commit). A process
+/// started by an upgrade (`upgraded`) also says it is the service's main
+/// process now (needs `NotifyAccess=all`: systemd did not start it).
+pub fn ready(handle: &ReloadHandle, upgraded: bool) {
     let g = handle.current();
-    send(&[
-        NotifyState::Ready,
-        NotifyState::Status(&format!("serving generation {}", g.id)),
-    ]);
-}
-
-/// Tells systemd that this process, started by an upgrade, is now the
-/// service's main process and serves (needs `NotifyAccess=all`: the
-/// message comes from a process systemd did not start).
-pub fn ready_as_main(handle: &ReloadHandle) {
-    let g = handle.current();
-    send(&[
-        NotifyState::MainPid(std::process::id()),
-        NotifyState::Ready,
-        NotifyState::Status(&format!("serving generation {} (upgraded)", g.id)),
-    ]);
+    let status = if upgraded {
+        format!("serving generation {} (upgraded)", g.id)
+    } else {
+        format!("serving generation {}", g.id)
+    };
+    let main = upgraded.then(|| NotifyState::MainPid(std::process::id()));
+    let states: Vec<NotifyState> = main
+        .into_iter()
+        .chain([NotifyState::Ready, NotifyState::Status(&status)])
+        .collect();
+    send(&states);
 }
 
 /// Tells systemd the daemon is stopping.

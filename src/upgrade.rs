@@ -471,7 +471,8 @@ pub struct Incoming {
     socket: PathBuf,
     token: String,
     stream: Option<StdUnixStream>,
-    pending: Vec<u8>,
+    /// Bytes read past the last line of the hand-over connection.
+    unread: Vec<u8>,
 }
 
 /// Why the new process could not get the old one's sockets.
@@ -495,7 +496,7 @@ impl Incoming {
             socket,
             token,
             stream: None,
-            pending: Vec::new(),
+            unread: Vec::new(),
         })
     }
 
@@ -508,7 +509,7 @@ impl Incoming {
                 .await
                 .map_err(|e| HandOverError(e.to_string()))??;
         self.stream = Some(stream);
-        self.pending = rest;
+        self.unread = rest;
         Ok(inherited)
     }
 
@@ -539,18 +540,18 @@ impl Incoming {
         let Some(mut stream) = self.stream.take() else {
             return Err(HandOverError("no hand-over connection".into()));
         };
-        let pending = std::mem::take(&mut self.pending);
+        let unread = std::mem::take(&mut self.unread);
         let (stream, rest, answer) = tokio::task::spawn_blocking(move || {
             let mut text = report.to_string();
             text.push('\n');
             if let Err(e) = stream.write_all(text.as_bytes()) {
                 let e = HandOverError(format!("cannot report to the old process: {e}"));
-                return (stream, pending, Err(e));
+                return (stream, unread, Err(e));
             }
             if !wait {
-                return (stream, pending, Ok(Value::Null));
+                return (stream, unread, Ok(Value::Null));
             }
-            match read_line(&mut stream, pending) {
+            match read_line(&mut stream, unread) {
                 Ok((line, rest)) => {
                     let answer = serde_json::from_slice(&line)
                         .map_err(|e| HandOverError(format!("unreadable answer: {e}")));
@@ -562,7 +563,7 @@ impl Incoming {
         .await
         .map_err(|e| HandOverError(e.to_string()))?;
         self.stream = Some(stream);
-        self.pending = rest;
+        self.unread = rest;
         answer
     }
 }

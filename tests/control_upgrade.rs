@@ -233,11 +233,7 @@ async fn a_failed_upgrade_leaves_the_old_process_serving_and_says_why() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upgrade_runs_the_binary_now_installed_at_the_path() {
     use std::os::unix::fs::MetadataExt;
-    let site = Site::new();
-    site.cert("a", &["localhost"]);
-    let backend = EchoBackend::start().await;
-    let bind = free_addr();
-    site.publish(&simple_config(bind, backend.addr, "a"));
+    let (site, _backend, bind) = site_for(|b, be| simple_config(b, be, "a")).await;
     // stayup installed at a path of its own, as a package would.
     let installed = site.path("bin/stayup");
     std::fs::create_dir_all(site.path("bin")).expect("mkdir bin");
@@ -287,11 +283,7 @@ async fn the_upgrade_runs_the_binary_now_installed_at_the_path() {
 /// systemd think the service stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_systemd_the_new_process_becomes_the_main_pid() {
-    let site = Site::new();
-    site.cert("a", &["localhost"]);
-    let backend = EchoBackend::start().await;
-    let bind = free_addr();
-    site.publish(&simple_config(bind, backend.addr, "a"));
+    let (site, _backend, bind) = site_for(|b, be| simple_config(b, be, "a")).await;
     let path = site.path("notify.sock");
     let rx = notify_receiver(&path);
     let recv = || rx.recv_timeout(WAIT).expect("no notification in time");

@@ -128,13 +128,21 @@ pub fn simple_config(bind: SocketAddr, backend: SocketAddr, cert: &str) -> Strin
 pub async fn serving(
     yaml: impl FnOnce(SocketAddr, SocketAddr) -> String,
 ) -> (Site, EchoBackend, SocketAddr, Daemon) {
+    let (site, backend, bind) = site_for(yaml).await;
+    let daemon = Daemon::start(&site.config).await;
+    (site, backend, bind, daemon)
+}
+
+/// [`serving`] without the daemon, for tests that start it their own way.
+pub async fn site_for(
+    yaml: impl FnOnce(SocketAddr, SocketAddr) -> String,
+) -> (Site, EchoBackend, SocketAddr) {
     let site = Site::new();
     site.cert("a", &["localhost"]);
     let backend = EchoBackend::start().await;
     let bind = free_addr();
     site.publish(&yaml(bind, backend.addr));
-    let daemon = Daemon::start(&site.config).await;
-    (site, backend, bind, daemon)
+    (site, backend, bind)
 }
 
 pub fn client_config(ca_pem: &str, client_auth: Option<&Pem>) -> Arc<rustls::ClientConfig> {
