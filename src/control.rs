@@ -255,7 +255,13 @@ async fn session(
             Some("hand-over") => {
                 return ctx
                     .upgrader
-                    .hand_over(&request, &mut lines, &mut w, &ctx.stop_accepting)
+                    .hand_over(
+                        &request,
+                        &mut lines,
+                        &mut w,
+                        &ctx.stop_accepting,
+                        handle.current().id,
+                    )
                     .await;
             }
             Some("upgrade") => {

@@ -46,11 +46,13 @@ impl Daemon {
         inherited: Option<crate::upgrade::Inherited>,
     ) -> Result<Daemon, LoadError> {
         let ctx = ProxyContext::new();
+        let mut first = (1, Trigger::Startup);
         if let Some(inherited) = inherited {
+            first = (inherited.generation.saturating_add(1), Trigger::Upgrade);
             ctx.upgrader.set_inherited(inherited);
         }
         let listeners = Listeners::new(ctx.clone());
-        let mut reloader = Reloader::start(config_path, shared, listeners)?;
+        let mut reloader = Reloader::start(config_path, shared, listeners, first)?;
         let handle = reloader.handle();
         let first = handle.current();
         for hook in hooks {

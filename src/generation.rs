@@ -117,6 +117,8 @@ impl Shared {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Trigger {
     Startup,
+    /// The first generation of a process started by `stayup upgrade`.
+    Upgrade,
     Signal,
     Control,
     Watch,
@@ -128,6 +130,7 @@ impl Trigger {
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Startup => "startup",
+            Trigger::Upgrade => "upgrade",
             Trigger::Signal => "signal",
             Trigger::Control => "control",
             Trigger::Watch => "watch",

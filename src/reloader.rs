@@ -506,22 +506,25 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Loads, validates, binds and builds the first generation. Fails
+    /// Loads, validates, binds and builds the first generation, numbered
+    /// `first.0` (1, or after the old process's under an upgrade). Fails
     /// (without serving anything) if the configuration is not valid.
     pub fn start(
         config_path: &Path,
         shared: Arc<Shared>,
         listeners: Listeners,
+        first: (u64, Trigger),
     ) -> Result<Reloader, LoadError> {
+        let (id, trigger) = first;
         let started = Instant::now();
         let cand = load_candidate(config_path, &shared, SystemTime::now())?;
         let prepared = listeners.prepare(&cand.config).map_err(LoadError::Bind)?;
         let generation = Generation::build(
-            1,
+            id,
             cand.config,
             cand.material,
             cand.identity,
-            Trigger::Startup,
+            trigger,
             &shared,
         )
         .map_err(LoadError::Build)?
@@ -542,9 +545,9 @@ impl Reloader {
         };
         let outcome = Outcome {
             result: ReloadResult::Committed,
-            trigger: Trigger::Startup,
-            generation: 1,
-            previous: 0,
+            trigger,
+            generation: id,
+            previous: id.saturating_sub(1),
             reason: None,
             error_class: None,
             changes: Vec::new(),

@@ -138,6 +138,10 @@ pub struct Upgrader {
 pub struct Inherited {
     pub listeners: HashMap<SocketAddr, std::net::TcpListener>,
     pub admin: Option<(SocketAddr, std::net::TcpListener)>,
+    /// The old process's current generation: the new one numbers its
+    /// first generation after it, so that generation numbers never go back
+    /// (a monitor that watches them sees one more commit, not a restart).
+    pub generation: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -315,6 +319,7 @@ impl Upgrader {
         lines: &mut tokio::io::Lines<R>,
         w: &mut OwnedWriteHalf,
         stop_accepting: &CancellationToken,
+        generation: u64,
     ) -> std::io::Result<()>
     where
         R: tokio::io::AsyncBufRead + Unpin,
@@ -328,7 +333,9 @@ impl Upgrader {
             )
             .await;
         }
-        let result = self.send_and_wait(lines, w, stop_accepting).await;
+        let result = self
+            .send_and_wait(lines, w, stop_accepting, generation)
+            .await;
         let report = match &result {
             Ok(r) => r.clone(),
             Err(e) => Err(format!("hand-over failed: {e}")),
@@ -344,6 +351,7 @@ impl Upgrader {
         lines: &mut tokio::io::Lines<R>,
         w: &mut OwnedWriteHalf,
         stop_accepting: &CancellationToken,
+        generation: u64,
     ) -> std::io::Result<Result<Ready, String>>
     where
         R: tokio::io::AsyncBufRead + Unpin,
@@ -366,6 +374,7 @@ impl Upgrader {
         let mut text = json!({
             "listeners": listeners.iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>(),
             "admin": admin.as_ref().map(|(a, _)| a.to_string()),
+            "generation": generation,
         })
         .to_string();
         text.push('\n');
@@ -634,7 +643,13 @@ fn fetch_blocking(socket: &Path, token: &str) -> Result<Fetched, HandOverError> 
         )));
     }
     let mut fds = fds.into_iter();
-    let mut inherited = Inherited::default();
+    let mut inherited = Inherited {
+        generation: answer
+            .get("generation")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+        ..Inherited::default()
+    };
     for l in &listeners {
         if let Some(fd) = fds.next() {
             inherited

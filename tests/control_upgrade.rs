@@ -129,15 +129,28 @@ impl Churn {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_hands_over_the_sockets_and_loses_no_connection() {
     let admin: SocketAddr = free_addr();
-    let (site, _backend, bind, mut old) = serving(|b, be| with_admin(b, be, admin)).await;
+    let (site, backend, bind, mut old) = serving(|b, be| with_admin(b, be, admin)).await;
     let old_pid = old.pid() as u32;
     let streamer = streamer_at(bind, "localhost", site.client()).await;
     let churn = Churn::start(bind, site.client());
     churn.wait_served(20).await;
+    // The old process has committed generation 2 when it hands over.
+    site.publish(&format!(
+        "{}# second revision\n",
+        with_admin(bind, backend.addr, admin)
+    ));
+    let reloaded = old.reload().await;
+    assert!(reloaded.contains("committed"), "{reloaded}");
 
     let (code, out, err) = upgrade(&site.config).await;
     assert_eq!(code, 0, "upgrade failed: {out}{err}\n{}", old.output());
     let upgraded = Upgraded(new_pid(&out));
+    // Generation numbers go on from the old process's: a monitor sees
+    // one more commit, not a start from 1.
+    assert!(
+        out.contains("serves generation 3 "),
+        "unexpected answer: {out}"
+    );
     assert_ne!(upgraded.0, old_pid);
     assert!(
         out.contains(&format!("(was pid {old_pid}")),
@@ -148,7 +161,8 @@ async fn upgrade_hands_over_the_sockets_and_loses_no_connection() {
     // The control socket and the admin endpoint now answer from the new process.
     let status = status_json(&site.config).await;
     assert_eq!(status["pid"].as_u64(), Some(u64::from(upgraded.0)));
-    assert_eq!(status["generation"].as_u64(), Some(1));
+    assert_eq!(status["generation"].as_u64(), Some(3));
+    assert_eq!(status["trigger"], "upgrade", "{status}");
     let (code, _, body) = http_get(admin, "/status").await;
     assert_eq!(code, 200);
     let admin_status: serde_json::Value = serde_json::from_str(&body).expect("admin JSON");
@@ -299,7 +313,7 @@ async fn under_systemd_the_new_process_becomes_the_main_pid() {
     assert_eq!(
         recv(),
         format!(
-            "MAINPID={}\nREADY=1\nSTATUS=serving generation 1 (upgraded)\n",
+            "MAINPID={}\nREADY=1\nSTATUS=serving generation 2 (upgraded)\n",
             upgraded.0
         )
     );
