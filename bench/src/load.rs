@@ -151,6 +151,10 @@ impl std::ops::Sub for CountSnapshot {
 /// until `stop` is set; without TLS when `cfg` is `None`.
 pub struct HandshakeLoad {
     pub counts: Arc<Counts>,
+    /// Nanoseconds from connect to the end of a successful connection
+    /// (handshake and echo), from `record_times` on.
+    pub times: Arc<std::sync::Mutex<Histogram<u64>>>,
+    recording: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -163,14 +167,25 @@ impl HandshakeLoad {
     ) -> HandshakeLoad {
         let counts = Arc::new(Counts::default());
         let stop = Arc::new(AtomicBool::new(false));
+        let recording = Arc::new(AtomicBool::new(false));
+        let times = Arc::new(std::sync::Mutex::new(
+            Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("constant bounds"),
+        ));
         let tasks = (0..concurrency)
             .map(|_| {
                 let (counts, stop, cfg) = (counts.clone(), stop.clone(), cfg.cloned());
+                let (recording, times) = (recording.clone(), times.clone());
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
+                        let t = Instant::now();
                         match once(addr, cfg.as_ref(), b'O').await {
                             Ok(()) => {
                                 counts.ok.fetch_add(1, Ordering::Relaxed);
+                                if recording.load(Ordering::Relaxed)
+                                    && let Ok(mut h) = times.lock()
+                                {
+                                    h.saturating_record(t.elapsed().as_nanos() as u64);
+                                }
                             }
                             Err(f) => {
                                 let c = match f {
@@ -189,9 +204,16 @@ impl HandshakeLoad {
             .collect();
         HandshakeLoad {
             counts,
+            times,
+            recording,
             stop,
             tasks,
         }
+    }
+
+    /// Starts (or stops) recording connection times.
+    pub fn record_times(&self, on: bool) {
+        self.recording.store(on, Ordering::Relaxed);
     }
 
     pub async fn stop(self) {

@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::run::Part;
 
-const USAGE: &str = "usage: stayup-bench full|smoke|memory|handshakes|echo|storm [--out FILE] [--only SYSTEM,...] [--stayup BINARY] [--keep]\n\
+const USAGE: &str = "usage: stayup-bench full|smoke|memory|handshakes|echo|storm|upgrade [--out FILE] [--only SYSTEM,...] [--stayup BINARY] [--keep]\n\
   full   installs the peers from Debian if missing, runs everything (about 8 minutes),\n\
          writes bench/results/<date>.md and .svg\n\
   smoke  seconds-long version against stayup and whichever peers are installed,\n\
@@ -33,6 +33,7 @@ const USAGE: &str = "usage: stayup-bench full|smoke|memory|handshakes|echo|storm
   handshakes  only the full-handshake part, the ceiling and the floor (full settings), printed\n\
   echo   only the echo latencies (full settings), printed\n\
   storm  only the reload storm (full settings), printed\n\
+  upgrade  only the binary upgrade under load (full settings), printed\n\
   --only takes system names, `reloads` for stayup's reload figures alone, `floor` for the floor\n";
 
 /// Pins the calling thread (and the threads it starts later) to one CPU.
@@ -70,6 +71,7 @@ fn real_main() -> Result<()> {
         "handshakes" => (false, Part::Handshakes),
         "echo" => (false, Part::Echo),
         "storm" => (false, Part::Storm),
+        "upgrade" => (false, Part::Upgrade),
         _ => bail!("{USAGE}"),
     };
     let mut out: Option<PathBuf> = None;

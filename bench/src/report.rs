@@ -129,6 +129,11 @@ pub fn render(r: &Results, s: &Settings) -> (String, String) {
             .map(|c| format!("{:.0}%", c * 100.0))
             .unwrap_or("–".into())
     });
+    row(w, "connection time under that load, ms (p50 / p99)", &|x| {
+        x.connection_time
+            .map(|(a, b)| format!("{:.1} / {:.1}", a / 1e3, b / 1e3))
+            .unwrap_or("–".into())
+    });
     row(w, "handshake-load errors", &|x| {
         x.handshake_errors.to_string()
     });
@@ -210,6 +215,44 @@ pub fn render(r: &Results, s: &Settings) -> (String, String) {
         st(x, &|s| {
             format!("{} / {:.0}", s.peak_processes, s.peak_rss_mib)
         })
+    });
+    let up = |x: &SystemResult, f: &dyn Fn(&crate::run::Upgrade) -> String| {
+        x.upgrade.as_ref().map(f).unwrap_or("–".into())
+    };
+    row(w, "binary upgrade: how", &|x| up(x, &|u| u.how.to_string()));
+    row(
+        w,
+        "binary upgrade: connect errors / handshake failures / after the handshake",
+        &|x| {
+            up(x, &|u| {
+                format!(
+                    "{} / {} / {}",
+                    u.connect_errors, u.handshake_errors, u.data_errors
+                )
+            })
+        },
+    );
+    row(
+        w,
+        "binary upgrade: long-lived connections answering",
+        &|x| up(x, &|u| format!("{}/{}", u.alive, u.long_lived)),
+    );
+    row(
+        w,
+        "binary upgrade: longest stretch without a handshake, ms (before / during)",
+        &|x| {
+            up(x, &|u| {
+                format!("{:.0} / {:.0}", u.gap_before_ms, u.gap_after_ms)
+            })
+        },
+    );
+    row(
+        w,
+        "binary upgrade: trigger to new process serving, ms",
+        &|x| up(x, &|u| format!("{:.0}", u.took_ms)),
+    );
+    row(w, "binary upgrade: handshakes/s vs before", &|x| {
+        up(x, &|u| format!("{:.0}%", 100.0 * u.rate_share))
     });
 
     // Targets.
@@ -334,6 +377,17 @@ pub fn render(r: &Results, s: &Settings) -> (String, String) {
                 (false, true) => "the second is less than the floor plus the handshake alone",
                 (false, false) => "both within the floor plus the handshake",
             };
+            if let Some(peer) = best_peer_cost_above_floor(&peers, f) {
+                let mine = us(me_hs) - floor_us;
+                let _ = writeln!(
+                    w,
+                    "- The TLS work alone, proxy CPU per connection above the plain-TCP floor: stayup {mine:.0} µs, the best peer {:.0} µs ({}): {:.2}× less; the in-memory server handshake ({hs_us:.0} µs) is {:.0}% of stayup's.",
+                    peer.0,
+                    peer.1,
+                    peer.0 / mine.max(1e-9),
+                    100.0 * hs_us / mine.max(1e-9)
+                );
+            }
             let _ = writeln!(
                 w,
                 "- The floor under both: nginx forwarding the same connections as plain TCP (no TLS) spends {floor_us:.0} µs of proxy CPU on each ({f:.0} per CPU-second): the kernel's TCP work on both sockets and an event loop. With the ceiling's {hs_us:.0} µs for the server's handshake on top, no proxy can do this test faster than {bound:.0} per CPU-second ({floor_and_handshake:.0} µs each); stayup does {me_hs:.0} ({:.0}% of that bound, {:.0} µs per connection more than it). 70% of the ceiling needs at most {need_ceiling:.0} µs per connection and 2.5× the best peer at most {need_peer:.0} µs: {verdict}.",
@@ -497,7 +551,8 @@ nginx, HAProxy, hitch and stunnel: their own settings and an `OPENSSL_CONF` sett
 `MinProtocol = TLSv1.3`), TCP keepalive off (the peers' default; stayup, which has it on by default, with `tcp_keepalive.idle: 0`); the tickets row of the table counts what each really sent. The client never resumes and \
 does not verify certificates or signatures (so that it spends less CPU per handshake than the proxies).\n\
 - Handshakes: {c} concurrent loops of connect, full handshake, one 64-byte echo through the backend, close \
-(the backend closes first; the client resets, so no TIME_WAIT piles up), {hs:?} after a {wu:?} warm-up. \
+(the backend closes first; the client resets, so no TIME_WAIT piles up), {hs:?} after a {wu:?} warm-up; the \
+connection time is from the connect to the end of the echo, HdrHistogram. \
 Proxy CPU is utime + stime (+ reaped children) of every process in the proxy's tree, from /proc.\n\
 - Bulk: one connection uploading 64 KiB writes into a sink for {bulk:?}; MB/s counted at the backend.\n\
 - Echo: 64-byte round trips, closed loop, over 1 and over 50 persistent connections, HdrHistogram; {rounds} round(s) \
@@ -512,6 +567,13 @@ halves, one before the storm and one after it (so that a drift in the machine's 
 rate compared both per second and per proxy CPU-second. stayup reloads over \
 its control socket and waits for the outcome; nginx and hitch and stunnel get SIGHUP, HAProxy (master-worker) SIGUSR2. \
 Afterwards every long-lived connection must still echo.\n\
+- Binary upgrade: a fresh proxy, {ll} long-lived connections, new-connection load as above for {ub:?}, then one \
+binary upgrade the way the system documents it, and {ua:?} more of the load: stayup `stayup upgrade` (its control \
+socket); nginx (run as a daemon for this part: a master in the foreground ignores the signal) USR2 and, once the new \
+master has a worker, QUIT to the old master; HAProxy (master-worker) SIGUSR2, with which the master executes its \
+binary again; hitch and stunnel, which have no binary upgrade, a restart (SIGTERM, start). Errors are counted from \
+the trigger to the end; the longest stretch without a completed handshake is taken with a 1 ms sampler, before \
+the trigger and from it to the end. Afterwards every long-lived connection must still echo.\n\
 - stayup only: reload-to-effect is the time from the trigger to the end of the first handshake that presents the \
 new certificate (a new certificate each rotation); reload time is the round trip of a control-socket reload, which \
 answers when the reload has ended.\n\
@@ -529,7 +591,18 @@ clients: connect, one 64-byte echo through the backend, close, {c} concurrent lo
         base = s.storm_baseline,
         iv = s.storm_interval,
         storm = s.storm_time,
+        ub = s.upgrade_before,
+        ua = s.upgrade_after,
     )
+}
+
+/// The peer whose proxy CPU per connection above the floor (handshakes per
+/// CPU-second `floor`) is least: (µs, name).
+fn best_peer_cost_above_floor(peers: &[&SystemResult], floor: f64) -> Option<(f64, &'static str)> {
+    peers
+        .iter()
+        .filter_map(|x| Some((1e6 / x.handshakes_per_cpu_s? - 1e6 / floor, x.name)))
+        .min_by(|a, b| a.0.total_cmp(&b.0))
 }
 
 /// Four panels of bars, one bar per system.

@@ -26,6 +26,8 @@ pub enum Part {
     Echo,
     /// The reload storm.
     Storm,
+    /// A binary upgrade under load.
+    Upgrade,
 }
 
 /// How long and how big each part is.
@@ -49,6 +51,10 @@ pub struct Settings {
     pub storm_baseline: Duration,
     pub storm_time: Duration,
     pub storm_interval: Duration,
+    /// New-connection load before a binary upgrade, and after the new
+    /// process serves.
+    pub upgrade_before: Duration,
+    pub upgrade_after: Duration,
     pub long_lived: usize,
     pub rotations: usize,
     pub live_connections: usize,
@@ -76,6 +82,8 @@ impl Settings {
                 storm_baseline: ms(500),
                 storm_time: ms(1000),
                 storm_interval: ms(100),
+                upgrade_before: ms(500),
+                upgrade_after: ms(500),
                 long_lived: 50,
                 rotations: 10,
                 live_connections: 300,
@@ -98,6 +106,8 @@ impl Settings {
                 storm_baseline: s(10),
                 storm_time: s(15),
                 storm_interval: ms(100),
+                upgrade_before: s(3),
+                upgrade_after: s(3),
                 long_lived: 500,
                 rotations: 100,
                 // Each connection costs the proxy two descriptors and the
@@ -158,6 +168,28 @@ pub struct Storm {
     pub peak_rss_mib: f64,
 }
 
+/// One binary upgrade (or, for systems without one, a restart) while
+/// new-connection load runs and long-lived connections stay open.
+#[derive(Debug, Clone, Default)]
+pub struct Upgrade {
+    pub how: &'static str,
+    /// From the trigger until the new process serves (and, for nginx, the
+    /// old master was told to quit).
+    pub took_ms: f64,
+    pub connect_errors: u64,
+    pub handshake_errors: u64,
+    pub data_errors: u64,
+    /// The longest stretch without a completed handshake, in the window
+    /// before the trigger and from the trigger to the end.
+    pub gap_before_ms: f64,
+    pub gap_after_ms: f64,
+    /// Handshakes per second from the trigger to the end, as a share of
+    /// the rate before it.
+    pub rate_share: f64,
+    pub long_lived: usize,
+    pub alive: usize,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct SystemResult {
     pub name: &'static str,
@@ -166,6 +198,9 @@ pub struct SystemResult {
     pub handshakes_per_cpu_s: Option<f64>,
     pub handshake_cpu_share: Option<f64>,
     pub handshake_errors: u64,
+    /// Connect to the end of a connection under the handshake load, µs:
+    /// p50 and p99.
+    pub connection_time: Option<(f64, f64)>,
     /// TLS 1.3 session tickets received per handshake.
     pub tickets_per_handshake: Option<f64>,
     pub bulk_mb_s: Option<f64>,
@@ -175,6 +210,7 @@ pub struct SystemResult {
     pub idle_rss_kib: Option<f64>,
     pub idle_pss_kib: Option<f64>,
     pub storm: Option<Storm>,
+    pub upgrade: Option<Upgrade>,
     pub errors: Vec<String>,
 }
 
@@ -265,7 +301,10 @@ pub async fn all(settings: &Settings, stayup: &Path, only: Option<&[String]>) ->
     };
 
     let mut errors = Vec::new();
-    let ceiling = if matches!(settings.part, Part::Memory | Part::Storm | Part::Echo) {
+    let ceiling = if matches!(
+        settings.part,
+        Part::Memory | Part::Storm | Part::Echo | Part::Upgrade
+    ) {
         None
     } else {
         eprintln!(
@@ -382,6 +421,12 @@ async fn system(kind: Kind, env: &Env, s: &Settings) -> SystemResult {
             Err(e) => r.errors.push(format!("reload storm: {e:#}")),
         }
     }
+    if matches!(s.part, Part::All | Part::Upgrade) {
+        match upgrade(kind, env, s).await {
+            Ok(u) => r.upgrade = Some(u),
+            Err(e) => r.errors.push(format!("upgrade: {e:#}")),
+        }
+    }
     for e in &r.errors {
         eprintln!("{}: FAILED {e}", kind.name());
     }
@@ -432,13 +477,16 @@ async fn measure_parts(p: &Proxy, env: &Env, s: &Settings, r: &mut SystemResult)
         r.handshake_cpu_share = Some(rate.cpu_share);
         r.handshake_errors = rate.errors;
         r.tickets_per_handshake = (rate.ok > 0).then(|| tickets as f64 / rate.ok as f64);
+        r.connection_time = Some((rate.time_p50_us, rate.time_p99_us));
         eprintln!(
-            "{name}: {:.0} handshakes/s, {:.0} per proxy CPU-second (proxy CPU {:.0}%), {} errors, {:.2} tickets per handshake",
+            "{name}: {:.0} handshakes/s, {:.0} per proxy CPU-second (proxy CPU {:.0}%), {} errors, {:.2} tickets per handshake, connection time p50 {:.1} ms p99 {:.1} ms",
             rate.per_s,
             rate.per_cpu_s.unwrap_or(0.0),
             100.0 * rate.cpu_share,
             rate.errors,
-            r.tickets_per_handshake.unwrap_or(f64::NAN)
+            r.tickets_per_handshake.unwrap_or(f64::NAN),
+            rate.time_p50_us / 1e3,
+            rate.time_p99_us / 1e3
         );
         if s.part == Part::Handshakes {
             return Ok(());
@@ -581,6 +629,10 @@ async fn echo_round(p: &Proxy, env: &Env, s: &Settings, conns: usize) -> Result<
 /// when `tls` is given), counted after the warm-up.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Rate {
+    /// Connect to the end of the connection (handshake and echo), under
+    /// the load, in microseconds: p50 and p99.
+    pub time_p50_us: f64,
+    pub time_p99_us: f64,
     pub ok: u64,
     pub errors: u64,
     pub per_s: f64,
@@ -592,13 +644,27 @@ pub struct Rate {
 async fn new_connections(p: &Proxy, tls: Option<&Arc<ClientConfig>>, s: &Settings) -> Rate {
     let load = HandshakeLoad::start(p.addr, tls, s.concurrency);
     tokio::time::sleep(s.warmup).await;
+    load.record_times(true);
     let (c0, cpu0, t0) = (load.counts.snapshot(), p.cpu_seconds(), Instant::now());
     tokio::time::sleep(s.handshake_time).await;
     let (c1, cpu1, wall) = (load.counts.snapshot(), p.cpu_seconds(), t0.elapsed());
+    load.record_times(false);
+    let (time_p50_us, time_p99_us) = load
+        .times
+        .lock()
+        .map(|h| {
+            (
+                h.value_at_quantile(0.5) as f64 / 1e3,
+                h.value_at_quantile(0.99) as f64 / 1e3,
+            )
+        })
+        .unwrap_or_default();
     load.stop().await;
     let d = c1 - c0;
     let cpu = cpu1 - cpu0;
     Rate {
+        time_p50_us,
+        time_p99_us,
         ok: d.ok,
         errors: d.connect_errors + d.handshake_errors + d.data_errors,
         per_s: d.ok as f64 / wall.as_secs_f64(),
@@ -715,4 +781,115 @@ async fn storm_on(p: &mut Proxy, env: &Env, s: &Settings) -> Result<Storm> {
         bail!("no reload was sent");
     }
     Ok(st)
+}
+
+/// Watches the count of completed handshakes every millisecond and keeps
+/// the longest stretch in which it did not move.
+struct GapWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    longest: Arc<std::sync::Mutex<Duration>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl GapWatch {
+    fn start(counts: Arc<load::Counts>) -> GapWatch {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let longest = Arc::new(std::sync::Mutex::new(Duration::ZERO));
+        let (st, lg) = (stop.clone(), longest.clone());
+        let task = tokio::spawn(async move {
+            let (mut seen, mut since) = (counts.ok.load(Ordering::Relaxed), Instant::now());
+            while !st.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                let now = counts.ok.load(Ordering::Relaxed);
+                if now != seen {
+                    (seen, since) = (now, Instant::now());
+                }
+                if let Ok(mut l) = lg.lock() {
+                    *l = (*l).max(since.elapsed());
+                }
+            }
+        });
+        GapWatch {
+            stop,
+            longest,
+            task,
+        }
+    }
+
+    /// The longest gap so far, in milliseconds, and starts over.
+    fn take_ms(&self) -> f64 {
+        self.longest
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l).as_secs_f64() * 1e3)
+            .unwrap_or(0.0)
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.task.await;
+    }
+}
+
+async fn upgrade(kind: Kind, env: &Env, s: &Settings) -> Result<Upgrade> {
+    let p = Proxy::start_upgradable(kind, env).await?;
+    let name = kind.name();
+    let mut long = match load::open_many(p.addr, &env.client, s.long_lived, 50).await {
+        Ok(l) => l,
+        Err(e) => {
+            p.stop().await;
+            return Err(e.context("long-lived connections"));
+        }
+    };
+    let hs = HandshakeLoad::start(p.addr, Some(&env.client), s.concurrency);
+    tokio::time::sleep(s.warmup).await;
+    let gaps = GapWatch::start(hs.counts.clone());
+    let (c0, t0) = (hs.counts.snapshot(), Instant::now());
+    tokio::time::sleep(s.upgrade_before).await;
+    let gap_before_ms = gaps.take_ms();
+    let (c1, t1) = (hs.counts.snapshot(), Instant::now());
+    let upgraded = p.upgrade(env).await;
+    let took_ms = t1.elapsed().as_secs_f64() * 1e3;
+    tokio::time::sleep(s.upgrade_after).await;
+    let (c2, t2) = (hs.counts.snapshot(), Instant::now());
+    let gap_after_ms = gaps.take_ms();
+    gaps.stop().await;
+    hs.stop().await;
+    let (p, how) = match upgraded {
+        Ok(x) => x,
+        Err(e) => {
+            long.into_iter().for_each(load::abort);
+            return Err(e);
+        }
+    };
+    let alive = load::still_answering(&mut long, Duration::from_secs(5)).await;
+    long.into_iter().for_each(load::abort);
+    p.stop().await;
+    let (before, after) = (c1 - c0, c2 - c1);
+    let rate = |ok: u64, d: Duration| ok as f64 / d.as_secs_f64().max(1e-9);
+    let u = Upgrade {
+        how,
+        took_ms,
+        connect_errors: after.connect_errors,
+        handshake_errors: after.handshake_errors,
+        data_errors: after.data_errors,
+        gap_before_ms,
+        gap_after_ms,
+        rate_share: rate(after.ok, t2 - t1) / rate(before.ok, t1 - t0).max(1e-9),
+        long_lived: s.long_lived,
+        alive,
+    };
+    eprintln!(
+        "{name}: upgrade ({how}): {:.0} ms, errors connect {} handshake {} data {}, longest gap {:.0} ms (before {:.0} ms), {:.0}% of the rate before, {}/{} long-lived answering",
+        u.took_ms,
+        u.connect_errors,
+        u.handshake_errors,
+        u.data_errors,
+        u.gap_after_ms,
+        u.gap_before_ms,
+        100.0 * u.rate_share,
+        u.alive,
+        u.long_lived
+    );
+    Ok(u)
 }

@@ -247,11 +247,27 @@ pub struct Proxy {
     log: PathBuf,
     /// Threads moved back to the proxy CPU so far.
     pub repinned: usize,
+    /// nginx started as a daemon (its binary upgrade needs that): the
+    /// process started exits at once, and `pid` comes from the pid file.
+    daemonized: bool,
+    /// Processes an upgrade or restart left behind (they drain), stopped
+    /// with the proxy.
+    retired: Vec<i32>,
 }
 
 impl Proxy {
     /// Starts `kind` with the first certificate and waits until it serves.
     pub async fn start(kind: Kind, env: &Env) -> Result<Proxy> {
+        Self::start_with(kind, env, false).await
+    }
+
+    /// Like `start`, with nginx as a daemon: nginx ignores the binary
+    /// upgrade signal in a master that runs in the foreground.
+    pub async fn start_upgradable(kind: Kind, env: &Env) -> Result<Proxy> {
+        Self::start_with(kind, env, kind == Kind::Nginx).await
+    }
+
+    async fn start_with(kind: Kind, env: &Env, daemon: bool) -> Result<Proxy> {
         let dir = env.dir.join(kind.name());
         std::fs::create_dir_all(&dir)?;
         let port = free_port()?;
@@ -262,11 +278,12 @@ impl Proxy {
             Kind::Hitch => "hitch.conf",
             Kind::Stunnel => "stunnel.conf",
         });
-        publish(
-            &config,
-            &config_text(kind, &dir, port, env.backend_port, &env.certs[0]),
-        )?;
-        Self::spawn(kind, env, dir, config, port).await
+        let mut text = config_text(kind, &dir, port, env.backend_port, &env.certs[0]);
+        if daemon {
+            text = text.replace("daemon off;", "daemon on;");
+        }
+        publish(&config, &text)?;
+        Self::spawn(kind, env, dir, config, port, daemon).await
     }
 
     /// Starts stayup with a configuration of the caller's.
@@ -280,7 +297,7 @@ impl Proxy {
         let port = free_port()?;
         let config = dir.join("stayup.yaml");
         publish(&config, &yaml(port))?;
-        Self::spawn(Kind::Stayup, env, dir, config, port).await
+        Self::spawn(Kind::Stayup, env, dir, config, port, false).await
     }
 
     async fn spawn(
@@ -289,16 +306,23 @@ impl Proxy {
         dir: PathBuf,
         config: PathBuf,
         port: u16,
+        daemonized: bool,
     ) -> Result<Proxy> {
         let log = dir.join(format!("{}.log", kind.name()));
-        let out = std::fs::File::create(&log)?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let mut cmd = Command::new("taskset");
         cmd.arg("-c").arg(proxy_cpu().to_string());
         let c = config.display().to_string();
         match kind {
             Kind::Stayup => cmd.arg(&env.stayup).args(["run", "--config", &c]),
+            // By its full path: a binary upgrade executes the master's
+            // argv[0] again.
             Kind::Nginx | Kind::NginxPlain => cmd
-                .args(["nginx", "-e", "stderr", "-c", &c, "-p"])
+                .arg(which("nginx"))
+                .args(["-e", "stderr", "-c", &c, "-p"])
                 .arg(&dir),
             Kind::Haproxy => cmd.args(["haproxy", "-W", "-db", "-f", &c]),
             Kind::Hitch => cmd.args(["hitch", "--config", &c]),
@@ -326,8 +350,13 @@ impl Proxy {
             backend: env.backend_port,
             log,
             repinned: 0,
+            daemonized,
+            retired: Vec::new(),
         };
         p.wait_ready(&env.client).await?;
+        if daemonized {
+            p.pid = p.pid_file()?;
+        }
         p.keep_pinned();
         Ok(p)
     }
@@ -351,7 +380,9 @@ impl Proxy {
     async fn wait_ready(&mut self, cfg: &Arc<ClientConfig>) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Ok(Some(status)) = self.child.try_wait()
+                && !(self.daemonized && status.success())
+            {
                 bail!(
                     "{} exited ({status}) before serving:\n{}",
                     self.kind.name(),
@@ -446,13 +477,20 @@ impl Proxy {
         control_reload(&self.dir.join("stayup.sock")).await
     }
 
-    /// SIGTERM, then SIGKILL for anything of the tree still there after 10 s.
+    /// SIGTERM, then SIGKILL for anything of the tree still there after
+    /// 10 s; the same for processes an upgrade retired.
     pub async fn stop(mut self) {
-        let tree = crate::procfs::tree(self.pid);
-        let _ = kill(Pid::from_raw(self.pid), Signal::SIGTERM);
+        let roots: Vec<i32> = std::iter::once(self.pid)
+            .chain(self.retired.iter().copied())
+            .collect();
+        let tree: Vec<i32> = roots.iter().flat_map(|&r| crate::procfs::tree(r)).collect();
+        for &r in &roots {
+            let _ = kill(Pid::from_raw(r), Signal::SIGTERM);
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            let _ = self.child.try_wait();
+            if !roots.iter().any(|&r| crate::procfs::alive(r)) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -469,6 +507,101 @@ impl Proxy {
             }
         }
     }
+
+    fn pid_file(&self) -> Result<i32> {
+        let path = self.dir.join("nginx.pid");
+        read_pid(&path).with_context(|| format!("{}: no pid", path.display()))
+    }
+
+    /// Replaces the running binary the way the system documents, under
+    /// load, and returns once the new process serves, with how it was done:
+    /// stayup `stayup upgrade` (its control socket), nginx USR2 and then
+    /// QUIT to the old master, HAProxy (master-worker) SIGUSR2 (the master
+    /// executes its binary again); hitch and stunnel have no such thing
+    /// and are restarted.
+    pub async fn upgrade(mut self, env: &Env) -> Result<(Proxy, &'static str)> {
+        let how = match self.kind {
+            Kind::Stayup => {
+                let v = control_request(&self.dir.join("stayup.sock"), "upgrade").await?;
+                let pid = v["pid"].as_i64().and_then(|p| i32::try_from(p).ok());
+                match (v["result"].as_str(), pid) {
+                    (Some("upgraded"), Some(pid)) => {
+                        self.retired.push(self.pid);
+                        self.pid = pid;
+                    }
+                    _ => bail!("stayup upgrade: {v}"),
+                }
+                "`stayup upgrade`"
+            }
+            Kind::Nginx | Kind::NginxPlain => {
+                if !self.daemonized {
+                    bail!("nginx in the foreground cannot change its binary");
+                }
+                let old = self.pid;
+                self.signal(Signal::SIGUSR2)?;
+                let oldbin = self.dir.join("nginx.pid.oldbin");
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let new = loop {
+                    if let (Ok(o), Ok(n)) = (read_pid(&oldbin), self.pid_file())
+                        && o == old
+                        && n != old
+                        && crate::procfs::tree(n).len() > 1
+                    {
+                        break n;
+                    }
+                    if Instant::now() > deadline {
+                        bail!("nginx: no new master after USR2:\n{}", self.log_tail());
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                };
+                // The new master is the old one's child: tracked from now
+                // on by its own pid, the old one drains and exits.
+                kill(Pid::from_raw(old), Signal::SIGQUIT).context("QUIT to the old master")?;
+                self.retired.push(old);
+                self.pid = new;
+                "USR2, then QUIT to the old master"
+            }
+            Kind::Haproxy => {
+                let before = crate::procfs::tree(self.pid);
+                self.signal(Signal::SIGUSR2)?;
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while !crate::procfs::tree(self.pid)
+                    .iter()
+                    .any(|p| !before.contains(p))
+                {
+                    if Instant::now() > deadline {
+                        bail!("haproxy: no new worker after SIGUSR2:\n{}", self.log_tail());
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                "SIGUSR2 (the master executes its binary again)"
+            }
+            Kind::Hitch | Kind::Stunnel => {
+                let (kind, dir, config, port) =
+                    (self.kind, self.dir.clone(), self.config.clone(), self.port);
+                self.stop().await;
+                let p = Proxy::spawn(kind, env, dir, config, port, false).await?;
+                return Ok((p, "restart (no binary upgrade)"));
+            }
+        };
+        self.keep_pinned();
+        Ok((self, how))
+    }
+}
+
+fn read_pid(path: &Path) -> Result<i32> {
+    Ok(std::fs::read_to_string(path)?.trim().parse()?)
+}
+
+/// The full path of `bin` on PATH (or `bin` itself).
+fn which(bin: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(bin))
+                .find(|f| f.is_file())
+        })
+        .unwrap_or_else(|| PathBuf::from(bin))
 }
 
 pub struct ControlAnswer {
@@ -478,16 +611,22 @@ pub struct ControlAnswer {
 
 /// Asks stayup to reload over its control socket and waits for the outcome.
 pub async fn control_reload(socket: &Path) -> Result<ControlAnswer> {
+    let v = control_request(socket, "reload").await?;
+    Ok(ControlAnswer {
+        result: v["result"].as_str().unwrap_or("").to_string(),
+        raw: v.to_string(),
+    })
+}
+
+/// Sends one command over stayup's control socket; its JSON answer.
+async fn control_request(socket: &Path, command: &str) -> Result<serde_json::Value> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .with_context(|| format!("{}: cannot connect", socket.display()))?;
     let (r, mut w) = stream.into_split();
-    w.write_all(b"{\"command\":\"reload\"}\n").await?;
+    let request = serde_json::json!({ "command": command }).to_string();
+    w.write_all(format!("{request}\n").as_bytes()).await?;
     let mut line = String::new();
     BufReader::new(r).read_line(&mut line).await?;
-    let v: serde_json::Value = serde_json::from_str(&line).context("control answer")?;
-    Ok(ControlAnswer {
-        result: v["result"].as_str().unwrap_or("").to_string(),
-        raw: line.trim().to_string(),
-    })
+    serde_json::from_str(&line).context("control answer")
 }
