@@ -409,6 +409,18 @@ pub struct NotFound {
     pub parse_error: Option<String>,
 }
 
+impl NotFound {
+    /// Says so for `stayup <command>`; the exit status for "unreachable".
+    fn report(&self, command: &str) -> u8 {
+        eprintln!(
+            "stayup {command}: no daemon answering on {}: {}",
+            self.socket.display(),
+            self.error
+        );
+        2
+    }
+}
+
 /// The daemon serving `config_path`, found at the socket the file names or,
 /// when that does not answer (the file does not parse, or names a socket
 /// the daemon has not moved to yet), at the default socket beside it, but
@@ -477,12 +489,7 @@ pub async fn cli_reload(config: &Path, as_json: bool) -> u8 {
                 );
                 return 1;
             }
-            eprintln!(
-                "stayup reload: no daemon answering on {}: {}",
-                nf.socket.display(),
-                nf.error
-            );
-            return 2;
+            return nf.report("reload");
         }
     };
     let Some(answer) = ask(&found.socket, "reload", RELOAD_TIMEOUT).await else {
@@ -568,12 +575,7 @@ pub async fn cli_upgrade(config: &Path, as_json: bool) -> u8 {
     let found = match find_daemon(config).await {
         Ok(f) => f,
         Err(nf) => {
-            eprintln!(
-                "stayup upgrade: no daemon answering on {}: {}",
-                nf.socket.display(),
-                nf.error
-            );
-            return 2;
+            return nf.report("upgrade");
         }
     };
     let Some(answer) = ask(&found.socket, "upgrade", UPGRADE_TIMEOUT).await else {
@@ -617,12 +619,7 @@ pub async fn cli_status(config: &Path, as_json: bool) -> u8 {
     let socket = match find_daemon(config).await {
         Ok(f) => f.socket,
         Err(nf) => {
-            eprintln!(
-                "stayup status: no daemon answering on {}: {}",
-                nf.socket.display(),
-                nf.error
-            );
-            return 2;
+            return nf.report("status");
         }
     };
     match tokio::time::timeout(STATUS_TIMEOUT, request(&socket, "status")).await {

@@ -9,8 +9,7 @@ mod common;
 mod control_support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -70,60 +69,6 @@ fn with_admin(bind: SocketAddr, backend: SocketAddr, admin: SocketAddr) -> Strin
         "{}admin:\n  listen: \"{admin}\"\n",
         simple_config(bind, backend, "a")
     )
-}
-
-/// New TLS connections, one after another, each with one echo, until told
-/// to stop; counts those served and those that failed in any way.
-struct Churn {
-    stop: Arc<AtomicBool>,
-    served: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<Vec<String>>,
-}
-
-impl Churn {
-    fn start(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> Churn {
-        let stop = Arc::new(AtomicBool::new(false));
-        let served = Arc::new(AtomicU64::new(0));
-        let (s, n) = (stop.clone(), served.clone());
-        let task = tokio::spawn(async move {
-            let mut failures = Vec::new();
-            while !s.load(Ordering::Relaxed) {
-                let one = async {
-                    let mut c = connect(addr, "localhost", cfg.clone()).await?;
-                    tokio::io::AsyncWriteExt::write_all(&mut c, b"churn").await?;
-                    let mut buf = [0u8; 5];
-                    tokio::io::AsyncReadExt::read_exact(&mut c, &mut buf).await?;
-                    if &buf != b"churn" {
-                        return Err(std::io::Error::other("wrong echo"));
-                    }
-                    Ok::<_, std::io::Error>(())
-                };
-                match tokio::time::timeout(WAIT, one).await {
-                    Ok(Ok(())) => {
-                        n.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Err(e)) => failures.push(e.to_string()),
-                    Err(_) => failures.push("timed out".into()),
-                }
-            }
-            failures
-        });
-        Churn { stop, served, task }
-    }
-
-    async fn wait_served(&self, at_least: u64) {
-        let deadline = Instant::now() + WAIT;
-        while self.served.load(Ordering::Relaxed) < at_least {
-            assert!(Instant::now() < deadline, "the churn stalled");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    async fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let failures = self.task.await.expect("churn task");
-        (self.served.load(Ordering::Relaxed), failures)
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

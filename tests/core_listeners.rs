@@ -7,8 +7,7 @@ mod common;
 use common::*;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use tokio::net::TcpStream;
 
@@ -153,54 +152,6 @@ async fn backend_change_applies_to_new_connections_only() {
     assert!(d.stop().await.success());
 }
 
-/// Connects, handshakes and echoes in a loop until stopped; counts every
-/// attempt that failed in any way.
-struct Hammer {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<Vec<String>>,
-}
-
-impl Hammer {
-    fn start(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> Hammer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let (st, count) = (stop.clone(), ok.clone());
-        let task = tokio::spawn(async move {
-            let mut failures = Vec::new();
-            while !st.load(Ordering::Relaxed) {
-                let attempt = async {
-                    let mut s = connect(addr, "localhost", cfg.clone())
-                        .await
-                        .map_err(|e| format!("connect: {e}"))?;
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    s.write_all(b"x").await.map_err(|e| format!("write: {e}"))?;
-                    let mut b = [0u8; 1];
-                    s.read_exact(&mut b)
-                        .await
-                        .map_err(|e| format!("read: {e}"))?;
-                    Ok::<_, String>(())
-                };
-                match tokio::time::timeout(WAIT, attempt).await {
-                    Ok(Ok(())) => {
-                        count.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Err(e)) => failures.push(e),
-                    Err(_) => failures.push("timed out".into()),
-                }
-            }
-            failures
-        });
-        Hammer { stop, ok, task }
-    }
-
-    async fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let failures = self.task.await.expect("hammer task");
-        (self.ok.load(Ordering::Relaxed), failures)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_address_keeps_its_socket_across_reloads() {
     let site = Site::new();
@@ -213,23 +164,19 @@ async fn unchanged_address_keeps_its_socket_across_reloads() {
 
     // Connected before the reloads, handshaking only after them.
     let pending = TcpStream::connect(web).await.expect("connect");
-    let hammer = Hammer::start(web, site.client());
+    let churn = Churn::start(web, site.client());
     let mut last = &a;
     for i in 0..10 {
         let (name, pem) = if i % 2 == 0 { ("b", &b) } else { ("a", &a) };
-        let before = hammer.ok.load(Ordering::Relaxed);
+        let before = churn.served.load(Ordering::Relaxed);
         site.publish(&config(&[("web", web, backend.addr, name)]));
         let line = d.reload().await;
         assert!(line.contains("reload committed"), "reload {i}: {line}");
         // Let a few connections through between reloads.
-        let deadline = std::time::Instant::now() + WAIT;
-        while hammer.ok.load(Ordering::Relaxed) < before + 3 {
-            assert!(std::time::Instant::now() < deadline, "no connections");
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        churn.wait_served(before + 3).await;
         last = pem;
     }
-    let (ok, failures) = hammer.finish().await;
+    let (ok, failures) = churn.finish().await;
     assert!(
         failures.is_empty(),
         "{} of {} attempts failed: {failures:?}",

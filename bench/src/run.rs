@@ -832,7 +832,7 @@ impl GapWatch {
 }
 
 async fn upgrade(kind: Kind, env: &Env, s: &Settings) -> Result<Upgrade> {
-    let p = Proxy::start_upgradable(kind, env).await?;
+    let mut p = Proxy::start_upgradable(kind, env).await?;
     let name = kind.name();
     let mut long = match load::open_many(p.addr, &env.client, s.long_lived, 50).await {
         Ok(l) => l,
@@ -855,16 +855,14 @@ async fn upgrade(kind: Kind, env: &Env, s: &Settings) -> Result<Upgrade> {
     let gap_after_ms = gaps.take_ms();
     gaps.stop().await;
     hs.stop().await;
-    let (p, how) = match upgraded {
-        Ok(x) => x,
-        Err(e) => {
-            long.into_iter().for_each(load::abort);
-            return Err(e);
-        }
+    let alive = match &upgraded {
+        Ok(_) => load::still_answering(&mut long, Duration::from_secs(5)).await,
+        Err(_) => 0,
     };
-    let alive = load::still_answering(&mut long, Duration::from_secs(5)).await;
+    let long_lived = long.len();
     long.into_iter().for_each(load::abort);
     p.stop().await;
+    let how = upgraded?;
     let (before, after) = (c1 - c0, c2 - c1);
     let rate = |ok: u64, d: Duration| ok as f64 / d.as_secs_f64().max(1e-9);
     let u = Upgrade {
@@ -876,7 +874,7 @@ async fn upgrade(kind: Kind, env: &Env, s: &Settings) -> Result<Upgrade> {
         gap_before_ms,
         gap_after_ms,
         rate_share: rate(after.ok, t2 - t1) / rate(before.ok, t1 - t0).max(1e-9),
-        long_lived: s.long_lived,
+        long_lived,
         alive,
     };
     eprintln!(

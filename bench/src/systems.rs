@@ -111,9 +111,15 @@ impl Kind {
 }
 
 pub fn on_path(bin: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
-        .unwrap_or(false)
+    which(bin).is_some()
+}
+
+/// The full path of `bin` on PATH.
+fn which(bin: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(bin))
+        .find(|f| f.is_file())
 }
 
 /// What every system shares.
@@ -321,7 +327,7 @@ impl Proxy {
             // By its full path: a binary upgrade executes the master's
             // argv[0] again.
             Kind::Nginx | Kind::NginxPlain => cmd
-                .arg(which("nginx"))
+                .arg(which("nginx").unwrap_or_else(|| PathBuf::from("nginx")))
                 .args(["-e", "stderr", "-c", &c, "-p"])
                 .arg(&dir),
             Kind::Haproxy => cmd.args(["haproxy", "-W", "-db", "-f", &c]),
@@ -480,6 +486,11 @@ impl Proxy {
     /// SIGTERM, then SIGKILL for anything of the tree still there after
     /// 10 s; the same for processes an upgrade retired.
     pub async fn stop(mut self) {
+        self.terminate().await;
+    }
+
+    /// What `stop` does, leaving the value (for a restart in place).
+    async fn terminate(&mut self) {
         let roots: Vec<i32> = std::iter::once(self.pid)
             .chain(self.retired.iter().copied())
             .collect();
@@ -519,7 +530,7 @@ impl Proxy {
     /// QUIT to the old master, HAProxy (master-worker) SIGUSR2 (the master
     /// executes its binary again); hitch and stunnel have no such thing
     /// and are restarted.
-    pub async fn upgrade(mut self, env: &Env) -> Result<(Proxy, &'static str)> {
+    pub async fn upgrade(&mut self, env: &Env) -> Result<&'static str> {
         let how = match self.kind {
             Kind::Stayup => {
                 let v = control_request(&self.dir.join("stayup.sock"), "upgrade").await?;
@@ -579,29 +590,18 @@ impl Proxy {
             Kind::Hitch | Kind::Stunnel => {
                 let (kind, dir, config, port) =
                     (self.kind, self.dir.clone(), self.config.clone(), self.port);
-                self.stop().await;
-                let p = Proxy::spawn(kind, env, dir, config, port, false).await?;
-                return Ok((p, "restart (no binary upgrade)"));
+                self.terminate().await;
+                *self = Proxy::spawn(kind, env, dir, config, port, false).await?;
+                "restart (no binary upgrade)"
             }
         };
         self.keep_pinned();
-        Ok((self, how))
+        Ok(how)
     }
 }
 
 fn read_pid(path: &Path) -> Result<i32> {
     Ok(std::fs::read_to_string(path)?.trim().parse()?)
-}
-
-/// The full path of `bin` on PATH (or `bin` itself).
-fn which(bin: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join(bin))
-                .find(|f| f.is_file())
-        })
-        .unwrap_or_else(|| PathBuf::from(bin))
 }
 
 pub struct ControlAnswer {

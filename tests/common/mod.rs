@@ -819,3 +819,65 @@ pub fn notify_receiver(path: &Path) -> std::sync::mpsc::Receiver<String> {
     });
     rx
 }
+
+/// New TLS connections, one after another, each with one checked echo,
+/// until told to stop; counts those served and says how each failure failed.
+pub struct Churn {
+    stop: Arc<AtomicBool>,
+    pub served: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Churn {
+    pub fn start(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> Churn {
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicU64::new(0));
+        let (s, n) = (stop.clone(), served.clone());
+        let task = tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                let one = async {
+                    let mut c = connect(addr, "localhost", cfg.clone())
+                        .await
+                        .map_err(|e| format!("connect: {e}"))?;
+                    c.write_all(b"churn")
+                        .await
+                        .map_err(|e| format!("write: {e}"))?;
+                    let mut buf = [0u8; 5];
+                    c.read_exact(&mut buf)
+                        .await
+                        .map_err(|e| format!("read: {e}"))?;
+                    if &buf != b"churn" {
+                        return Err("wrong echo".to_string());
+                    }
+                    Ok::<_, String>(())
+                };
+                match tokio::time::timeout(WAIT, one).await {
+                    Ok(Ok(())) => {
+                        n.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Err(e)) => failures.push(e),
+                    Err(_) => failures.push("timed out".into()),
+                }
+            }
+            failures
+        });
+        Churn { stop, served, task }
+    }
+
+    /// Waits until at least `at_least` connections were served.
+    pub async fn wait_served(&self, at_least: u64) {
+        let deadline = Instant::now() + WAIT;
+        while self.served.load(Ordering::Relaxed) < at_least {
+            assert!(Instant::now() < deadline, "the churn stalled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops; the number served and the failures.
+    pub async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let failures = self.task.await.expect("churn task");
+        (self.served.load(Ordering::Relaxed), failures)
+    }
+}
