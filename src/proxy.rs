@@ -238,6 +238,17 @@ async fn accept_loop(
                 let generation = store.load_full();
                 ctx.tracker
                     .spawn(serve(ctx.clone(), generation, tcp, peer, addr));
+                // One connection per turn of the runtime (nginx's default,
+                // `multi_accept off`). A connection's first poll is its
+                // whole server handshake, and a task woken by data waits
+                // behind every task already queued. Taking the backlog in
+                // one go (tokio would take up to 128 before yielding) put
+                // each burst of new connections in front of the data of
+                // the open ones: 11 ms p50 and 27 ms p99 for a 64-byte echo
+                // under the benchmark's handshake load, against 0.5 and
+                // 0.9 ms this way. The rest of a burst waits in the
+                // kernel's accept queue, where it costs nothing.
+                tokio::task::yield_now().await;
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -695,8 +706,8 @@ mod tests {
     /// held inline across an await (the refusal drain's 4 KiB buffer did
     /// this once) would add to every idle connection; the transient states
     /// are boxed so that this stays near the TLS stream's own size.
-    #[tokio::test]
-    async fn a_connection_task_stays_small() {
+    /// A generation serving one listener, from files in the returned folder.
+    fn test_generation() -> (tempfile::TempDir, Arc<Generation>) {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = Ca::new("size test CA").expect("CA");
@@ -724,6 +735,12 @@ mod tests {
             )
             .expect("build"),
         );
+        (dir, generation)
+    }
+
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        let (_dir, generation) = test_generation();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -736,6 +753,64 @@ mod tests {
         assert!(
             size <= 2560,
             "a connection's task is {size} bytes; something large is held across an await"
+        );
+    }
+
+    /// A burst of new connections waits in the kernel's accept queue, not
+    /// in the runtime's run queue: between two accepts every other task gets
+    /// its turn, so the data of open connections is not held up behind a
+    /// burst of handshakes. Without the yield the loop takes the whole
+    /// backlog in one poll.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_accept_loop_takes_one_connection_per_turn() {
+        const BURST: usize = 20;
+        let (_dir, generation) = test_generation();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let local = listener.local_addr().expect("addr");
+        // The generation's listener is configured at 127.0.0.1:9; the loop
+        // is told that address, as `Listeners` tells it the configured one.
+        let addr: SocketAddr = "127.0.0.1:9".parse().expect("address");
+        // Connected in the kernel before the loop starts: a whole burst in
+        // the accept queue, the clients silent (their handshakes wait).
+        let mut clients = Vec::new();
+        for _ in 0..BURST {
+            clients.push(TcpStream::connect(local).await.expect("connect"));
+        }
+        let ctx = ProxyContext::new();
+        let store = Arc::new(ArcSwap::new(generation));
+        let stop = CancellationToken::new();
+        tokio::spawn(accept_loop(
+            ctx.clone(),
+            store,
+            listener,
+            addr,
+            stop.clone(),
+        ));
+        // How many connections are open after each turn of this task; the
+        // connections wait for their ClientHello, so none ends.
+        let mut seen = vec![0];
+        for _ in 0..100_000 {
+            if seen.last() == Some(&BURST) {
+                break;
+            }
+            tokio::task::yield_now().await;
+            let open = ctx.tracker.len();
+            if seen.last() != Some(&open) {
+                seen.push(open);
+            }
+        }
+        stop.cancel();
+        assert_eq!(
+            seen.last(),
+            Some(&BURST),
+            "not every connection was accepted: {seen:?}"
+        );
+        let most = seen.windows(2).map(|w| w[1].saturating_sub(w[0])).max();
+        assert!(
+            most <= Some(2),
+            "the accept loop took {most:?} connections between two turns of another task: {seen:?}"
         );
     }
 }

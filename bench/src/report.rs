@@ -152,6 +152,11 @@ pub fn render(r: &Results, s: &Settings) -> (String, String) {
     });
     row(
         w,
+        "echo RTT µs, 1 conn under the handshake load (p50 / p99 / p99.9)",
+        &|x| lat(&x.echo1_loaded),
+    );
+    row(
+        w,
         "proxy CPU busy during echo, 1 / 50 conns",
         &|x| match (&x.echo1, &x.echo50) {
             (Some(a), Some(b)) => {
@@ -340,6 +345,15 @@ pub fn render(r: &Results, s: &Settings) -> (String, String) {
         1,
     );
     let _ = writeln!(w);
+    let loaded = |x: &SystemResult| x.echo1_loaded.map(|l| l.p99_us);
+    if let (Some(mine), Some((peer, name))) = (stayup.and_then(loaded), best(&peers, loaded, false))
+    {
+        let _ = writeln!(
+            w,
+            "- Echo p99 over one connection while the handshake load runs (what a burst of new connections costs the open ones; no target): stayup {mine:.0} µs, the best peer {peer:.0} µs ({name}): {:.2}×.",
+            mine / peer.max(1e-9)
+        );
+    }
     if let (Some(c), Some(me)) = (&r.ceiling, stayup) {
         let share = me.handshakes_per_cpu_s.map(|h| h / c.handshakes_per_cpu_s);
         let share_tickets = me
@@ -558,7 +572,10 @@ Proxy CPU is utime + stime (+ reaped children) of every process in the proxy's t
 - Echo: 64-byte round trips, closed loop, over 1 and over 50 persistent connections, HdrHistogram; {rounds} round(s) \
 of {echo:?} each, taken in turns with every proxy running (every system's first round, then every system's second, \
 and so on), and each system's round with the median p99 is the one reported (its p50, p99 and p99.9): a slow spell of \
-a shared machine falls on one round of every system, not on whichever system was measured during it.\n\
+a shared machine falls on one round of every system, not on whichever system was measured during it. \
+Under the handshake load: the same over 1 connection while the handshake test's {c} loops run, the echoes on a thread and runtime of their own (on CPU 0), so that they \
+do not queue behind the load generator's own handshakes: what a burst of new connections costs the connections \
+already open.\n\
 - Memory: a fresh proxy process, {idle} connections opened (handshake plus one echo each), then idle for 1 s; \
 ΔRSS and ΔPSS summed over the proxy's processes from /proc/PID/smaps_rollup, divided by {idle}.\n\
 - Reload storm: a fresh proxy, {ll} long-lived connections, new-connection load as above; a reload every {iv:?} \

@@ -22,7 +22,8 @@ pub enum Part {
     Memory,
     /// Full handshakes, and the ceiling and floor to compare them with.
     Handshakes,
-    /// Echo round trips over 1 and 50 connections.
+    /// Echo round trips over 1 and 50 connections, and over 1 under the
+    /// handshake load.
     Echo,
     /// The reload storm.
     Storm,
@@ -207,6 +208,8 @@ pub struct SystemResult {
     pub bulk_cpu_s_per_gb: Option<f64>,
     pub echo1: Option<Latency>,
     pub echo50: Option<Latency>,
+    /// Over one connection while the handshake test's load runs.
+    pub echo1_loaded: Option<Latency>,
     pub idle_rss_kib: Option<f64>,
     pub idle_pss_kib: Option<f64>,
     pub storm: Option<Storm>,
@@ -535,10 +538,11 @@ async fn echo_in_turns(systems: &mut [SystemResult], env: &Env, s: &Settings) {
     struct Turn {
         at: usize,
         proxy: Proxy,
-        rounds: [Vec<Latency>; 2],
+        rounds: [Vec<Latency>; 3],
         failed: bool,
     }
-    const CONNS: [usize; 2] = [1, 50];
+    /// (connections, under the handshake load)
+    const CASES: [(usize, bool); 3] = [(1, false), (50, false), (1, true)];
     let mut turns = Vec::new();
     for (at, r) in systems.iter_mut().enumerate() {
         let Some(kind) = Kind::ALL.into_iter().find(|k| k.name() == r.name) else {
@@ -561,11 +565,16 @@ async fn echo_in_turns(systems: &mut [SystemResult], env: &Env, s: &Settings) {
             turns.rotate_left(1);
         }
         for t in turns.iter_mut().filter(|t| !t.failed) {
-            for (i, conns) in CONNS.into_iter().enumerate() {
-                match echo_round(&t.proxy, env, s, conns).await {
+            for (i, (conns, under_load)) in CASES.into_iter().enumerate() {
+                let case = if under_load {
+                    format!("over {conns} under the handshake load")
+                } else {
+                    format!("over {conns}")
+                };
+                match echo_round(&t.proxy, env, s, conns, under_load).await {
                     Ok(l) => {
                         eprintln!(
-                            "{}: echo over {conns}, round {round}: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us ({} samples), proxy CPU {:.0}%, preempted {} times",
+                            "{}: echo {case}, round {round}: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us ({} samples), proxy CPU {:.0}%, preempted {} times",
                             t.proxy.kind.name(),
                             l.p50_us,
                             l.p99_us,
@@ -577,7 +586,7 @@ async fn echo_in_turns(systems: &mut [SystemResult], env: &Env, s: &Settings) {
                         t.rounds[i].push(l);
                     }
                     Err(e) => {
-                        let msg = format!("echo over {conns}: {e:#}");
+                        let msg = format!("echo {case}: {e:#}");
                         eprintln!("{}: FAILED {msg}", t.proxy.kind.name());
                         systems[t.at].errors.push(msg);
                         t.failed = true;
@@ -590,9 +599,10 @@ async fn echo_in_turns(systems: &mut [SystemResult], env: &Env, s: &Settings) {
     for t in turns {
         if !t.failed {
             let r = &mut systems[t.at];
-            let [one, fifty] = t.rounds;
+            let [one, fifty, loaded] = t.rounds;
             r.echo1 = median_p99(one);
             r.echo50 = median_p99(fifty);
+            r.echo1_loaded = median_p99(loaded);
         }
         t.proxy.stop().await;
     }
@@ -607,18 +617,42 @@ fn median_p99(mut rounds: Vec<Latency>) -> Option<Latency> {
     Some(rounds.swap_remove(rounds.len() / 2))
 }
 
-/// One round of 64-byte echoes over `conns` connections through `p`.
-async fn echo_round(p: &Proxy, env: &Env, s: &Settings, conns: usize) -> Result<Latency> {
+/// One round of 64-byte echoes over `conns` connections through `p`;
+/// `under_load`: while the handshake test's new-connection load runs, which
+/// measures how long a burst of new connections keeps the proxy from the
+/// connections it already has. The echoes then run on a thread of their
+/// own (on the same CPU), so that they do not queue behind the load
+/// generator's own handshakes.
+async fn echo_round(
+    p: &Proxy,
+    env: &Env,
+    s: &Settings,
+    conns: usize,
+    under_load: bool,
+) -> Result<Latency> {
     let (cpu0, t0) = (p.cpu_seconds(), Instant::now());
     let pre0 = crate::procfs::preemptions(p.pid);
-    let h = load::echo_latency(
-        p.addr,
-        &env.client,
-        conns,
-        s.warmup.min(Duration::from_millis(500)),
-        s.echo_time,
-    )
-    .await?;
+    let warmup = s.warmup.min(Duration::from_millis(500));
+    let h = if under_load {
+        let hs = HandshakeLoad::start(p.addr, Some(&env.client), s.concurrency);
+        let (addr, client, time) = (p.addr, env.client.clone(), s.echo_time);
+        let probe = tokio::task::spawn_blocking(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("echo thread runtime")?
+                .block_on(load::echo_latency(addr, &client, conns, warmup, time))
+        });
+        let h = probe.await.context("echo thread");
+        let counts = hs.counts.snapshot();
+        hs.stop().await;
+        if counts.ok == 0 {
+            bail!("no handshake completed alongside the echoes");
+        }
+        h??
+    } else {
+        load::echo_latency(p.addr, &env.client, conns, warmup, s.echo_time).await?
+    };
     let mut l = Latency::of(&h);
     l.cpu_share = (p.cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64();
     l.preemptions = crate::procfs::preemptions(p.pid).saturating_sub(pre0);
