@@ -247,7 +247,7 @@ async fn accept_loop(
                 // a task yield) put each burst of new handshakes in front
                 // of the data of open connections: a 64-byte echo under
                 // the benchmark's handshake load took 11 ms p50 and 27 ms
-                // p99, against 0.5 and 0.9 ms this way, for about 6% fewer
+                // p99, against 0.5 and 0.9 ms this way, for 4-7% fewer
                 // handshakes per CPU-second at full load. Waking itself
                 // instead (back of the run queue, no driver poll) cost
                 // nothing but left 3.5 and 6.8 ms. The rest of a burst
