@@ -473,10 +473,38 @@ pub async fn find_daemon(config_path: &Path) -> Result<Found, NotFound> {
     })
 }
 
+/// How a client command reaches the daemon: through the configuration it
+/// serves (`--config`), or straight at its control socket (`--socket`), for
+/// a socket that is not where the file says: a sidecar container that shares
+/// only the socket's folder, or a configuration whose folder has moved.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Config(PathBuf),
+    Socket(PathBuf),
+}
+
+impl Target {
+    async fn find(&self) -> Result<Found, NotFound> {
+        match self {
+            Target::Config(config) => find_daemon(config).await,
+            Target::Socket(socket) => match UnixStream::connect(socket).await {
+                Ok(_) => Ok(Found {
+                    socket: socket.clone(),
+                }),
+                Err(e) => Err(NotFound {
+                    socket: socket.clone(),
+                    error: e.to_string(),
+                    parse_error: None,
+                }),
+            },
+        }
+    }
+}
+
 /// `stayup reload`: asks the daemon for a reload and prints the outcome.
 /// Returns the exit status: 0 committed or unchanged, 1 rejected, 2 unreachable.
-pub async fn cli_reload(config: &Path, as_json: bool) -> u8 {
-    let found = match find_daemon(config).await {
+pub async fn cli_reload(target: &Target, as_json: bool) -> u8 {
+    let found = match target.find().await {
         Ok(f) => f,
         Err(nf) => {
             if let Some(reason) = nf.parse_error {
@@ -571,8 +599,8 @@ const UPGRADE_TIMEOUT: Duration = Duration::from_secs(120);
 /// `stayup upgrade`: asks the daemon to hand over to the binary now
 /// installed at its path, and prints the outcome. Returns the exit status:
 /// 0 upgraded, 1 rejected (the old process keeps serving), 2 unreachable.
-pub async fn cli_upgrade(config: &Path, as_json: bool) -> u8 {
-    let found = match find_daemon(config).await {
+pub async fn cli_upgrade(target: &Target, as_json: bool) -> u8 {
+    let found = match target.find().await {
         Ok(f) => f,
         Err(nf) => {
             return nf.report("upgrade");
@@ -615,8 +643,8 @@ pub async fn cli_upgrade(config: &Path, as_json: bool) -> u8 {
 }
 
 /// `stayup status`: prints the daemon's status. 0, or 2 unreachable.
-pub async fn cli_status(config: &Path, as_json: bool) -> u8 {
-    let socket = match find_daemon(config).await {
+pub async fn cli_status(target: &Target, as_json: bool) -> u8 {
+    let socket = match target.find().await {
         Ok(f) => f.socket,
         Err(nf) => {
             return nf.report("status");

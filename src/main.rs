@@ -41,8 +41,11 @@ enum Command {
     },
     /// Ask the running daemon to reload and wait for the outcome.
     Reload {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, required_unless_present = "socket")]
+        config: Option<PathBuf>,
+        /// The daemon's control socket, instead of finding it through --config.
+        #[arg(long, conflicts_with = "config")]
+        socket: Option<PathBuf>,
         /// Print the daemon's raw JSON answer.
         #[arg(long)]
         json: bool,
@@ -54,16 +57,22 @@ enum Command {
     /// open connections run on until they end. If the new process cannot
     /// start, the old one keeps serving and the reason is printed.
     Upgrade {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, required_unless_present = "socket")]
+        config: Option<PathBuf>,
+        /// The daemon's control socket, instead of finding it through --config.
+        #[arg(long, conflicts_with = "config")]
+        socket: Option<PathBuf>,
         /// Print the daemon's raw JSON answer.
         #[arg(long)]
         json: bool,
     },
     /// Show the running daemon's generation, certificates, connections and last reloads.
     Status {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, required_unless_present = "socket")]
+        config: Option<PathBuf>,
+        /// The daemon's control socket, instead of finding it through --config.
+        #[arg(long, conflicts_with = "config")]
+        socket: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -137,9 +146,30 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(config),
         Command::Check { config } => check(config),
-        Command::Reload { config, json } => runtime(stayup::control::cli_reload(&config, json)),
-        Command::Status { config, json } => runtime(stayup::control::cli_status(&config, json)),
-        Command::Upgrade { config, json } => runtime(stayup::control::cli_upgrade(&config, json)),
+        Command::Reload {
+            config,
+            socket,
+            json,
+        } => match target(config, socket) {
+            Some(t) => runtime(stayup::control::cli_reload(&t, json)),
+            None => ExitCode::from(2),
+        },
+        Command::Status {
+            config,
+            socket,
+            json,
+        } => match target(config, socket) {
+            Some(t) => runtime(stayup::control::cli_status(&t, json)),
+            None => ExitCode::from(2),
+        },
+        Command::Upgrade {
+            config,
+            socket,
+            json,
+        } => match target(config, socket) {
+            Some(t) => runtime(stayup::control::cli_upgrade(&t, json)),
+            None => ExitCode::from(2),
+        },
         Command::Publish {
             config,
             listener,
@@ -165,6 +195,20 @@ fn main() -> ExitCode {
         Command::Demo { interval, port } => {
             let _ = init_logging(LogFormat::Text);
             runtime(stayup::demo::run(interval, port))
+        }
+    }
+}
+
+/// The daemon a client command talks to: `--socket` when given, else the
+/// one serving `--config` (clap requires one of the two).
+fn target(config: Option<PathBuf>, socket: Option<PathBuf>) -> Option<stayup::control::Target> {
+    use stayup::control::Target;
+    match (socket, config) {
+        (Some(s), _) => Some(Target::Socket(s)),
+        (None, Some(c)) => Some(Target::Config(c)),
+        (None, None) => {
+            eprintln!("stayup: give --config or --socket");
+            None
         }
     }
 }

@@ -117,6 +117,56 @@ async fn reload_exit_codes_and_answers() {
     assert_eq!(code, 2, "{err}");
 }
 
+/// `--socket` reaches the daemon without the configuration, the way a
+/// sidecar that shares only the socket's folder asks; a socket nobody
+/// answers on is "no daemon answering" (exit 2), named, for every command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_flag_reaches_the_daemon_without_the_configuration() {
+    let site = Site::new();
+    let backend = EchoBackend::start().await;
+    site.cert("a", &["localhost"]);
+    site.cert("b", &["localhost"]);
+    let bind = addr();
+    site.publish(&simple_config(bind, backend.addr, "a"));
+    let d = Daemon::start(&site.config).await;
+    let socket = site.path("stayup.sock");
+    let socket = socket.to_str().expect("utf-8");
+
+    let (code, out, err) = cli(&["status", "--socket", socket, "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).expect("status JSON");
+    assert_eq!(v["generation"], 1, "{v}");
+
+    site.publish(&simple_config(bind, backend.addr, "b"));
+    let (code, out, err) = cli(&["reload", "--socket", socket]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("committed: generation 2 (was 1)"), "{out}");
+    let (code, out, _) = cli(&["status", "--socket", socket, "--json"]).await;
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(out.trim()).expect("status JSON");
+    assert_eq!(v["generation"], 2, "{v}");
+
+    // One or the other, not both: a usage error names the conflict.
+    let config = site.config.to_str().expect("utf-8");
+    let (code, _, err) = cli(&["status", "--socket", socket, "--config", config]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot be used with"), "{err}");
+
+    let nobody = site.path("nobody.sock");
+    let nobody = nobody.to_str().expect("utf-8");
+    for command in ["status", "reload", "upgrade"] {
+        let (code, _, err) = cli(&[command, "--socket", nobody]).await;
+        assert_eq!(code, 2, "{command}: {err}");
+        assert!(
+            err.contains(&format!(
+                "stayup {command}: no daemon answering on {nobody}"
+            )),
+            "{command}: {err}"
+        );
+    }
+    assert!(d.stop().await.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unparseable_config_with_custom_socket_is_rejected_without_a_daemon_answer() {
     let site = Site::new();
