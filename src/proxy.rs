@@ -710,16 +710,11 @@ mod tests {
     use crate::generation::{Shared, Trigger};
     use crate::pki::{Ca, LeafSpec};
 
-    /// Every open connection is one spawned `serve` future, and a future is
-    /// as large as its largest state for its whole life. A buffer or a timer
-    /// held inline across an await (the refusal drain's 4 KiB buffer did
-    /// this once) would add to every idle connection; the transient states
-    /// are boxed so that this stays near the TLS stream's own size.
     /// A generation serving one listener, from files in the returned folder.
     fn test_generation() -> (tempfile::TempDir, Arc<Generation>) {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
-        let ca = Ca::new("size test CA").expect("CA");
+        let ca = Ca::new("proxy test CA").expect("CA");
         let leaf = ca.leaf(&LeafSpec::server(&["localhost"])).expect("leaf");
         leaf.write(&dir.path().join("c.pem"), &dir.path().join("c.key"))
             .expect("write pair");
@@ -747,6 +742,11 @@ mod tests {
         (dir, generation)
     }
 
+    /// Every open connection is one spawned `serve` future, and a future is
+    /// as large as its largest state for its whole life. A buffer or a timer
+    /// held inline across an await (the refusal drain's 4 KiB buffer did
+    /// this once) would add to every idle connection; the transient states
+    /// are boxed so that this stays near the TLS stream's own size.
     #[tokio::test]
     async fn a_connection_task_stays_small() {
         let (_dir, generation) = test_generation();
