@@ -27,6 +27,33 @@ struct Cli {
     command: Command,
 }
 
+/// How `reload`, `status` and `upgrade` reach the daemon.
+#[derive(clap::Args)]
+struct DaemonArgs {
+    /// The configuration the daemon serves; its control socket is found through it.
+    #[arg(long, short, required_unless_present = "socket")]
+    config: Option<PathBuf>,
+    /// The daemon's control socket, instead of finding it through --config.
+    #[arg(long, conflicts_with = "config")]
+    socket: Option<PathBuf>,
+}
+
+impl DaemonArgs {
+    /// `--socket` when given, else the daemon serving `--config` (clap
+    /// requires one of the two).
+    fn target(self) -> Option<stayup::control::Target> {
+        use stayup::control::Target;
+        match (self.socket, self.config) {
+            (Some(s), _) => Some(Target::Socket(s)),
+            (None, Some(c)) => Some(Target::Config(c)),
+            (None, None) => {
+                eprintln!("stayup: give --config or --socket");
+                None
+            }
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy in the foreground, logging to stderr.
@@ -41,11 +68,8 @@ enum Command {
     },
     /// Ask the running daemon to reload and wait for the outcome.
     Reload {
-        #[arg(long, short, required_unless_present = "socket")]
-        config: Option<PathBuf>,
-        /// The daemon's control socket, instead of finding it through --config.
-        #[arg(long, conflicts_with = "config")]
-        socket: Option<PathBuf>,
+        #[command(flatten)]
+        daemon: DaemonArgs,
         /// Print the daemon's raw JSON answer.
         #[arg(long)]
         json: bool,
@@ -57,22 +81,16 @@ enum Command {
     /// open connections run on until they end. If the new process cannot
     /// start, the old one keeps serving and the reason is printed.
     Upgrade {
-        #[arg(long, short, required_unless_present = "socket")]
-        config: Option<PathBuf>,
-        /// The daemon's control socket, instead of finding it through --config.
-        #[arg(long, conflicts_with = "config")]
-        socket: Option<PathBuf>,
+        #[command(flatten)]
+        daemon: DaemonArgs,
         /// Print the daemon's raw JSON answer.
         #[arg(long)]
         json: bool,
     },
     /// Show the running daemon's generation, certificates, connections and last reloads.
     Status {
-        #[arg(long, short, required_unless_present = "socket")]
-        config: Option<PathBuf>,
-        /// The daemon's control socket, instead of finding it through --config.
-        #[arg(long, conflicts_with = "config")]
-        socket: Option<PathBuf>,
+        #[command(flatten)]
+        daemon: DaemonArgs,
         #[arg(long)]
         json: bool,
     },
@@ -146,27 +164,15 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(config),
         Command::Check { config } => check(config),
-        Command::Reload {
-            config,
-            socket,
-            json,
-        } => match target(config, socket) {
+        Command::Reload { daemon, json } => match daemon.target() {
             Some(t) => runtime(stayup::control::cli_reload(&t, json)),
             None => ExitCode::from(2),
         },
-        Command::Status {
-            config,
-            socket,
-            json,
-        } => match target(config, socket) {
+        Command::Status { daemon, json } => match daemon.target() {
             Some(t) => runtime(stayup::control::cli_status(&t, json)),
             None => ExitCode::from(2),
         },
-        Command::Upgrade {
-            config,
-            socket,
-            json,
-        } => match target(config, socket) {
+        Command::Upgrade { daemon, json } => match daemon.target() {
             Some(t) => runtime(stayup::control::cli_upgrade(&t, json)),
             None => ExitCode::from(2),
         },
@@ -195,20 +201,6 @@ fn main() -> ExitCode {
         Command::Demo { interval, port } => {
             let _ = init_logging(LogFormat::Text);
             runtime(stayup::demo::run(interval, port))
-        }
-    }
-}
-
-/// The daemon a client command talks to: `--socket` when given, else the
-/// one serving `--config` (clap requires one of the two).
-fn target(config: Option<PathBuf>, socket: Option<PathBuf>) -> Option<stayup::control::Target> {
-    use stayup::control::Target;
-    match (socket, config) {
-        (Some(s), _) => Some(Target::Socket(s)),
-        (None, Some(c)) => Some(Target::Config(c)),
-        (None, None) => {
-            eprintln!("stayup: give --config or --socket");
-            None
         }
     }
 }
