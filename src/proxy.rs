@@ -710,8 +710,24 @@ mod tests {
     use crate::generation::{Shared, Trigger};
     use crate::pki::{Ca, LeafSpec};
 
-    /// A generation serving one listener, from files in the returned folder.
-    fn test_generation() -> (tempfile::TempDir, Arc<Generation>) {
+    /// Where the test generation's listener is configured (nothing listens
+    /// there): `serve` and `accept_loop` are told this address, as
+    /// `Listeners` tells them the configured one, while the socket itself
+    /// is on a free port.
+    const CONFIGURED: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::LOCALHOST,
+        9,
+    ));
+
+    /// A generation serving one listener (from files in the returned
+    /// folder), and a socket listening on a free loopback port, with its
+    /// address.
+    async fn test_site() -> (
+        tempfile::TempDir,
+        Arc<Generation>,
+        tokio::net::TcpListener,
+        SocketAddr,
+    ) {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = Ca::new("proxy test CA").expect("CA");
@@ -721,8 +737,10 @@ mod tests {
         let config = dir.path().join("stayup.yaml");
         std::fs::write(
             &config,
-            "listeners:\n  - name: web\n    bind: \"127.0.0.1:9\"\n    backend: \"127.0.0.1:9\"\n    \
-             tls:\n      certificates:\n        - cert: c.pem\n          key: c.key\n",
+            format!(
+                "listeners:\n  - name: web\n    bind: \"{CONFIGURED}\"\n    backend: \"{CONFIGURED}\"\n    \
+                 tls:\n      certificates:\n        - cert: c.pem\n          key: c.key\n"
+            ),
         )
         .expect("write config");
         let shared = Shared::new().expect("shared");
@@ -739,7 +757,11 @@ mod tests {
             )
             .expect("build"),
         );
-        (dir, generation)
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let local = listener.local_addr().expect("addr");
+        (dir, generation, listener, local)
     }
 
     /// Every open connection is one spawned `serve` future, and a future is
@@ -749,15 +771,11 @@ mod tests {
     /// are boxed so that this stays near the TLS stream's own size.
     #[tokio::test]
     async fn a_connection_task_stays_small() {
-        let (_dir, generation) = test_generation();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (_client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (_dir, generation, listener, local) = test_site().await;
+        let (_client, accepted) = tokio::join!(TcpStream::connect(local), listener.accept());
         let (tcp, peer) = accepted.expect("accept");
 
-        let task = serve(ProxyContext::new(), generation, tcp, peer, addr);
+        let task = serve(ProxyContext::new(), generation, tcp, peer, CONFIGURED);
         let size = std::mem::size_of_val(&task);
         assert!(
             size <= 2560,
@@ -773,14 +791,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn the_accept_loop_takes_one_connection_per_turn() {
         const BURST: usize = 20;
-        let (_dir, generation) = test_generation();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let local = listener.local_addr().expect("addr");
-        // The generation's listener is configured at 127.0.0.1:9; the loop
-        // is told that address, as `Listeners` tells it the configured one.
-        let addr: SocketAddr = "127.0.0.1:9".parse().expect("address");
+        let (_dir, generation, listener, local) = test_site().await;
         // Connected in the kernel before the loop starts: a whole burst in
         // the accept queue, the clients silent (their handshakes wait).
         let mut clients = Vec::new();
@@ -794,7 +805,7 @@ mod tests {
             ctx.clone(),
             store,
             listener,
-            addr,
+            CONFIGURED,
             stop.clone(),
         ));
         // How many connections are open after each turn of this task; the
@@ -853,17 +864,18 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn the_key_exchange_waits_for_the_tasks_already_woken() {
         use tokio::io::AsyncReadExt;
-        let (_dir, generation) = test_generation();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let local = listener.local_addr().expect("addr");
-        let addr: SocketAddr = "127.0.0.1:9".parse().expect("address");
+        let (_dir, generation, listener, local) = test_site().await;
         let (client, accepted) = tokio::join!(TcpStream::connect(local), listener.accept());
         let mut client = client.expect("connect");
         let client_addr = client.local_addr().expect("client address");
         let (tcp, peer) = accepted.expect("accept");
-        tokio::spawn(serve(ProxyContext::new(), generation, tcp, peer, addr));
+        tokio::spawn(serve(
+            ProxyContext::new(),
+            generation,
+            tcp,
+            peer,
+            CONFIGURED,
+        ));
         // The connection's task waits for the ClientHello.
         tokio::time::sleep(Duration::from_millis(20)).await;
 

@@ -122,13 +122,8 @@ async fn reload_exit_codes_and_answers() {
 /// answers on is "no daemon answering" (exit 2), named, for every command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_socket_flag_reaches_the_daemon_without_the_configuration() {
-    let site = Site::new();
-    let backend = EchoBackend::start().await;
-    site.cert("a", &["localhost"]);
+    let (site, backend, bind, d) = serving(|bind, backend| simple_config(bind, backend, "a")).await;
     site.cert("b", &["localhost"]);
-    let bind = addr();
-    site.publish(&simple_config(bind, backend.addr, "a"));
-    let d = Daemon::start(&site.config).await;
     let socket = site.path("stayup.sock");
     let socket = socket.to_str().expect("utf-8");
 
