@@ -261,6 +261,7 @@ async fn session(
                         &mut w,
                         &ctx.stop_accepting,
                         handle.current().id,
+                        &handle.shared.ticketer,
                     )
                     .await;
             }

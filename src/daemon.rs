@@ -192,10 +192,17 @@ pub async fn run(
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| RunError::Io(format!("cannot install the SIGHUP handler: {e}")))?;
     let mut incoming = crate::upgrade::Incoming::from_env();
-    let inherited = match incoming.as_mut() {
+    let mut inherited = match incoming.as_mut() {
         Some(i) => Some(i.fetch().await.map_err(|e| RunError::Io(e.to_string()))?),
         None => None,
     };
+    // Before the first handshake: the old process's clients resume here.
+    if let Some(tickets) = inherited.as_mut().and_then(|i| i.tickets.take()) {
+        match shared.ticketer.import(tickets.as_str()) {
+            Ok(()) => tracing::info!("upgrade: took over the session-ticket keys"),
+            Err(e) => tracing::warn!("upgrade: {e}; clients resume on new tickets only"),
+        }
+    }
     // Refuse before binding any listener when a live daemon answers on the
     // control socket: a second daemon must not serve beside the one the
     // operator talks to, not even for a moment. (A file that does not parse

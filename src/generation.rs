@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, StoresServerSessions};
+use rustls::server::{ClientHello, ResolvesServerCert, StoresServerSessions};
 use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, version};
@@ -26,11 +26,12 @@ use crate::material::{CertInfo, FileDigest, LoadedCert, Material};
 
 /// State that outlives every generation: the crypto provider, and the TLS
 /// session cache and ticket keys, shared so that a client that resumes a
-/// session after a reload still can.
+/// session after a reload still can (and, for the ticket keys, after an
+/// upgrade: see `tickets`).
 pub struct Shared {
     pub provider: Arc<CryptoProvider>,
     pub session_cache: Arc<dyn StoresServerSessions>,
-    pub ticketer: Arc<dyn ProducesTickets>,
+    pub ticketer: Arc<crate::tickets::TicketKeys>,
     /// Each listener's counts by name, across generations.
     listener_stats: Mutex<HashMap<String, Arc<ListenerStats>>>,
     /// Open connections over every listener.
@@ -63,15 +64,17 @@ impl fmt::Debug for Shared {
 
 impl Shared {
     /// Uses the aws-lc-rs provider.
-    pub fn new() -> Result<Arc<Shared>, rustls::Error> {
+    pub fn new() -> Result<Arc<Shared>, crate::tickets::TicketKeysError> {
         Self::with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
     }
 
-    pub fn with_provider(provider: Arc<CryptoProvider>) -> Result<Arc<Shared>, rustls::Error> {
+    pub fn with_provider(
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Arc<Shared>, crate::tickets::TicketKeysError> {
         Ok(Arc::new(Shared {
             provider,
             session_cache: ServerSessionMemoryCache::new(16 * 1024),
-            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new()?,
+            ticketer: Arc::new(crate::tickets::TicketKeys::new()?),
             listener_stats: Mutex::new(HashMap::new()),
             total_connections: Arc::new(AtomicUsize::new(0)),
             live: Mutex::new(Vec::new()),

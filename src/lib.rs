@@ -37,6 +37,7 @@ pub mod resumption;
 pub mod status;
 pub mod store;
 pub mod systemd;
+pub mod tickets;
 pub mod triggers;
 pub mod upgrade;
 pub mod watch;

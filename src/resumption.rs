@@ -118,7 +118,8 @@ mod tests {
 
     #[test]
     fn tickets_only_open_in_their_scope() {
-        let keys = rustls::crypto::aws_lc_rs::Ticketer::new().expect("ticketer");
+        let keys: Arc<dyn ProducesTickets> =
+            Arc::new(crate::tickets::TicketKeys::new().expect("ticket keys"));
         let a = ScopedTickets::new(keys.clone(), scope("web", None));
         let a_again = ScopedTickets::new(keys.clone(), scope("web", None));
         let b = ScopedTickets::new(keys.clone(), scope("web", Some(&[7; 32])));

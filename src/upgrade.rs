@@ -12,7 +12,8 @@
 //! 3. The new process connects to the old one's control socket and is
 //!    handed every listening socket (`SCM_RIGHTS`): the same sockets, not
 //!    new binds, so no connection is refused or lost from the accept queue
-//!    while the two processes change places.
+//!    while the two processes change places. The session-ticket keys come
+//!    with them, so that clients resume with the new process (`tickets`).
 //! 4. It loads and validates the configuration exactly as a first start
 //!    does. If that fails, it says why and exits; the old process never
 //!    stopped serving and reports the reason: nothing changed.
@@ -142,6 +143,9 @@ pub struct Inherited {
     /// first generation after it, so that generation numbers never go back
     /// (a monitor that watches them sees one more commit, not a restart).
     pub generation: u64,
+    /// The old process's session-ticket keys, so that its clients resume
+    /// here (absent from a process that predates them).
+    pub tickets: Option<crate::tickets::Exported>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -320,6 +324,7 @@ impl Upgrader {
         w: &mut OwnedWriteHalf,
         stop_accepting: &CancellationToken,
         generation: u64,
+        tickets: &crate::tickets::TicketKeys,
     ) -> std::io::Result<()>
     where
         R: tokio::io::AsyncBufRead + Unpin,
@@ -334,7 +339,7 @@ impl Upgrader {
             .await;
         }
         let result = self
-            .send_and_wait(lines, w, stop_accepting, generation)
+            .send_and_wait(lines, w, stop_accepting, generation, tickets)
             .await;
         let report = match &result {
             Ok(r) => r.clone(),
@@ -352,6 +357,7 @@ impl Upgrader {
         w: &mut OwnedWriteHalf,
         stop_accepting: &CancellationToken,
         generation: u64,
+        tickets: &crate::tickets::TicketKeys,
     ) -> std::io::Result<Result<Ready, String>>
     where
         R: tokio::io::AsyncBufRead + Unpin,
@@ -371,12 +377,16 @@ impl Upgrader {
             write_line(w, &json!({ "error": reason })).await?;
             return Ok(Err(reason));
         }
-        let mut text = json!({
-            "listeners": listeners.iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>(),
-            "admin": admin.as_ref().map(|(a, _)| a.to_string()),
-            "generation": generation,
-        })
-        .to_string();
+        // Holds the ticket keys: erased once sent.
+        let mut text = zeroize::Zeroizing::new(
+            json!({
+                "listeners": listeners.iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>(),
+                "admin": admin.as_ref().map(|(a, _)| a.to_string()),
+                "generation": generation,
+                "tickets": tickets.export().as_str(),
+            })
+            .to_string(),
+        );
         text.push('\n');
         send_with_fds(w, text.as_bytes(), &fds).await?;
         drop(fds);
@@ -615,9 +625,16 @@ fn fetch_blocking(socket: &Path, token: &str) -> Result<Fetched, HandOverError> 
         }
     }
     let first = buf.get(..got.bytes).unwrap_or_default().to_vec();
+    // The answer holds the session-ticket keys: its copies are erased.
+    zeroize::Zeroize::zeroize(&mut buf);
     let (line, rest) = read_line(&mut stream, first)?;
-    let answer: Value = serde_json::from_slice(&line)
+    let line = zeroize::Zeroizing::new(line);
+    let mut answer: Value = serde_json::from_slice(&line)
         .map_err(|e| HandOverError(format!("unreadable answer from the old process: {e}")))?;
+    let tickets = match answer.get_mut("tickets").map(Value::take) {
+        Some(Value::String(text)) => Some(crate::tickets::Exported::new(text)),
+        _ => None,
+    };
     if let Some(e) = answer.get("error").and_then(Value::as_str) {
         return Err(HandOverError(format!("the old process refused: {e}")));
     }
@@ -648,6 +665,7 @@ fn fetch_blocking(socket: &Path, token: &str) -> Result<Fetched, HandOverError> 
             .get("generation")
             .and_then(Value::as_u64)
             .unwrap_or(0),
+        tickets,
         ..Inherited::default()
     };
     for l in &listeners {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use control_support::*;
+use rustls::HandshakeKind;
 
 /// The process an upgrade started: not the test's child, so it is stopped
 /// by pid, also when the test fails.
@@ -291,6 +292,52 @@ async fn after_an_upgrade_the_old_process_drains_within_drain_timeout() {
     assert!(old.wait_exit().await.success());
     let _ = fingerprint_at(bind, "localhost", site.client()).await;
     upgraded.stop().await;
+}
+
+/// A client that resumed with the old process resumes with the new one:
+/// its session ticket opens there, no full handshake.
+async fn resumes_across_an_upgrade(version: &'static rustls::SupportedProtocolVersion) {
+    let (site, _backend, bind, mut old) = serving(|b, be| simple_config(b, be, "a")).await;
+    let client = resuming_client(&site, version);
+    let mut first = connected(bind, "localhost", client.clone()).await;
+    assert_eq!(
+        first.get_ref().1.handshake_kind(),
+        Some(HandshakeKind::Full)
+    );
+    // Reading takes in the tickets sent after the handshake.
+    echo_round_trip(&mut first, b"first").await;
+    drop(first);
+
+    let (code, out, err) = upgrade(&site.config).await;
+    assert_eq!(code, 0, "upgrade failed: {out}{err}\n{}", old.output());
+    let upgraded = Upgraded(new_pid(&out));
+    // The new process shares the old one's log.
+    old.wait_for("upgrade: took over the session-ticket keys")
+        .await;
+    // Its last connection gone, the old process exits: the next
+    // connection can only reach the new one.
+    assert!(old.wait_exit().await.success());
+
+    let mut second = connected(bind, "localhost", client).await;
+    assert_eq!(
+        second.get_ref().1.handshake_kind(),
+        Some(HandshakeKind::Resumed),
+        "{:?}: a full handshake after the upgrade",
+        version.version
+    );
+    echo_round_trip(&mut second, b"second").await;
+    drop(second);
+    upgraded.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls13_session_resumes_across_an_upgrade() {
+    resumes_across_an_upgrade(&rustls::version::TLS13).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls12_session_resumes_across_an_upgrade() {
+    resumes_across_an_upgrade(&rustls::version::TLS12).await;
 }
 
 #[tokio::test]

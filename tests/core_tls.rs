@@ -197,22 +197,6 @@ async fn client_ca_accepts_its_clients_and_refuses_others() {
     assert!(d.stop().await.success());
 }
 
-fn resuming_client(
-    site: &Site,
-    version: &'static SupportedProtocolVersion,
-) -> Arc<rustls::ClientConfig> {
-    install_provider();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(site.ca.pem.cert.as_bytes()) {
-        roots.add(c.expect("CA pem")).expect("add root");
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_protocol_versions(&[version])
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.resumption = Resumption::store(Arc::new(ClientSessionMemoryCache::new(64)));
-    Arc::new(cfg)
-}
-
 async fn resumes_across_a_reload(version: &'static SupportedProtocolVersion) {
     let site = Site::new();
     let one = EchoBackend::tagged("one").await;

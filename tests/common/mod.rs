@@ -171,6 +171,26 @@ pub fn client_config(ca_pem: &str, client_auth: Option<&Pem>) -> Arc<rustls::Cli
 
 use rustls::pki_types::pem::PemObject;
 
+/// A client of `site` that offers only `version` and keeps the sessions
+/// (tickets, session ids) it is given, to resume them.
+pub fn resuming_client(
+    site: &Site,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Arc<rustls::ClientConfig> {
+    install_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(site.ca.pem.cert.as_bytes()) {
+        roots.add(c.expect("CA pem")).expect("add root");
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_protocol_versions(&[version])
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.resumption = rustls::client::Resumption::store(Arc::new(
+        rustls::client::ClientSessionMemoryCache::new(64),
+    ));
+    Arc::new(cfg)
+}
+
 /// Opens a TLS connection to `addr` with SNI `sni`.
 pub async fn connect(
     addr: SocketAddr,
