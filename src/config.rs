@@ -369,6 +369,13 @@ pub struct KeepaliveConfig {
     pub interval: Duration,
     /// Unanswered probes after which the kernel closes the connection.
     pub probes: u32,
+    /// How long sent data may stay unacknowledged before the kernel closes
+    /// the connection (`TCP_USER_TIMEOUT`); zero = the kernel's default.
+    /// Keepalive sends no probe while data is in flight, so without this a
+    /// peer that vanished with data on its way to it is given up on only
+    /// after TCP's retransmissions (about 15 minutes on Linux). By default
+    /// it is the time keepalive takes, so that both cases end alike.
+    pub user_timeout: Duration,
 }
 
 impl KeepaliveConfig {
@@ -376,25 +383,40 @@ impl KeepaliveConfig {
         idle: Duration::from_secs(120),
         interval: Duration::from_secs(30),
         probes: 4,
+        user_timeout: Duration::from_secs(120 + 30 * 4),
     };
 
     pub fn enabled(&self) -> bool {
         !self.idle.is_zero()
+    }
+
+    /// What keepalive takes to give up on a silent peer: `idle + interval
+    /// × probes` (zero when off), the default `user_timeout`.
+    pub fn keepalive_time(&self) -> Duration {
+        if !self.enabled() {
+            return Duration::ZERO;
+        }
+        self.idle + self.interval * self.probes
     }
 }
 
 impl fmt::Display for KeepaliveConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !self.enabled() {
-            return f.write_str("off");
+            f.write_str("off")?;
+        } else {
+            write!(
+                f,
+                "idle {}, interval {}, {} probes",
+                format_duration(self.idle),
+                format_duration(self.interval),
+                self.probes
+            )?;
         }
-        write!(
-            f,
-            "idle {}, interval {}, {} probes",
-            format_duration(self.idle),
-            format_duration(self.interval),
-            self.probes
-        )
+        if !self.user_timeout.is_zero() {
+            write!(f, ", user timeout {}", format_duration(self.user_timeout))?;
+        }
+        Ok(())
     }
 }
 
@@ -402,6 +424,8 @@ impl fmt::Display for KeepaliveConfig {
 /// to 32,767; `TCP_KEEPCNT`: up to 127).
 const MAX_KEEPALIVE_SECS: u64 = 32_767;
 const MAX_KEEPALIVE_PROBES: u32 = 127;
+/// `TCP_USER_TIMEOUT` is an `int` of milliseconds.
+const MAX_USER_TIMEOUT_MS: u128 = i32::MAX as u128;
 
 // ---------------------------------------------------------------------------
 // The raw, serde-facing shape. Everything is `deny_unknown_fields`; values
@@ -446,7 +470,7 @@ impl<'de> Deserialize<'de> for RawKeepaliveSetting {
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(
-                    "a mapping with idle, interval and probes, or false to turn keepalive off",
+                    "a mapping with idle, interval, probes and user_timeout, or false to turn keepalive off",
                 )
             }
 
@@ -483,6 +507,8 @@ struct RawKeepalive {
     interval: Option<Spanned<String>>,
     #[serde(default)]
     probes: Option<Spanned<u32>>,
+    #[serde(default)]
+    user_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -969,6 +995,7 @@ impl Config {
             None | Some(RawKeepaliveSetting::Switch(true)) => KeepaliveConfig::DEFAULT,
             Some(RawKeepaliveSetting::Switch(false)) => KeepaliveConfig {
                 idle: Duration::ZERO,
+                user_timeout: Duration::ZERO,
                 ..KeepaliveConfig::DEFAULT
             },
             Some(RawKeepaliveSetting::Settings(k)) => {
@@ -1027,11 +1054,35 @@ impl Config {
                         ));
                     }
                 };
-                KeepaliveConfig {
+                let mut keepalive = KeepaliveConfig {
                     idle,
                     interval,
                     probes,
-                }
+                    user_timeout: Duration::ZERO,
+                };
+                keepalive.user_timeout = match &k.user_timeout {
+                    None => keepalive.keepalive_time(),
+                    Some(t) => {
+                        let d = duration(
+                            &k.user_timeout,
+                            "tcp_keepalive.user_timeout",
+                            Duration::ZERO,
+                        )?;
+                        // Durations are whole milliseconds already.
+                        if d.as_millis() > MAX_USER_TIMEOUT_MS {
+                            return Err(ConfigError::invalid(
+                                path,
+                                at(t),
+                                format!(
+                                    "tcp_keepalive.user_timeout {:?} must be at most {MAX_USER_TIMEOUT_MS}ms (the kernel's limit)",
+                                    t.value.trim()
+                                ),
+                            ));
+                        }
+                        d
+                    }
+                };
+                keepalive
             }
         };
         let warn_expiry = duration(
@@ -1233,16 +1284,40 @@ drain:
             KeepaliveConfig {
                 idle: Duration::from_secs(45),
                 interval: Duration::from_secs(5),
-                probes: 3
+                probes: 3,
+                // By default what keepalive takes: 45 + 5 × 3 seconds.
+                user_timeout: Duration::from_secs(60),
             }
         );
         assert_eq!(
             c.tcp_keepalive.to_string(),
-            "idle 45s, interval 5s, 3 probes"
+            "idle 45s, interval 5s, 3 probes, user timeout 60s"
+        );
+        assert_eq!(
+            KeepaliveConfig::DEFAULT.keepalive_time(),
+            Duration::from_secs(240)
+        );
+        assert_eq!(
+            KeepaliveConfig::DEFAULT.user_timeout,
+            Duration::from_secs(240)
         );
         let off = parse(&format!("{GOOD}tcp_keepalive:\n  idle: 0\n")).unwrap();
         assert!(!off.tcp_keepalive.enabled());
+        assert_eq!(off.tcp_keepalive.user_timeout, Duration::ZERO);
         assert_eq!(off.tcp_keepalive.to_string(), "off");
+        let set = |yaml: &str| {
+            parse(&format!("{GOOD}tcp_keepalive:\n{yaml}"))
+                .unwrap()
+                .tcp_keepalive
+        };
+        let t = set("  user_timeout: 1500ms\n");
+        assert_eq!(t.user_timeout, Duration::from_millis(1500));
+        assert_eq!((t.idle, t.probes), (KeepaliveConfig::DEFAULT.idle, 4));
+        assert_eq!(set("  user_timeout: 0\n").user_timeout, Duration::ZERO);
+        // Without keepalive, a user timeout of its own.
+        let alone = set("  idle: 0\n  user_timeout: 30s\n");
+        assert!(!alone.enabled());
+        assert_eq!(alone.to_string(), "off, user timeout 30s");
         for switch in ["off", "false", "\"off\""] {
             let c = parse(&format!("{GOOD}tcp_keepalive: {switch}\n")).unwrap();
             assert!(!c.tcp_keepalive.enabled(), "{switch}");
@@ -1265,6 +1340,8 @@ drain:
             ("probes: 128", "between 1 and 127"),
             ("idle: soon", "tcp_keepalive.idle"),
             ("probes: many", "expected a whole number, 0 or more"),
+            ("user_timeout: 30d", "at most 2147483647ms"),
+            ("user_timeout: later", "tcp_keepalive.user_timeout"),
         ] {
             let e = parse(&format!("{GOOD}tcp_keepalive:\n  {bad}\n")).unwrap_err();
             let msg = e.to_string();

@@ -263,18 +263,23 @@ async fn accept_loop(
     }
 }
 
-/// Turns on TCP keepalive as configured (see `KeepaliveConfig` for why).
-/// A failure is logged, not fatal: the connection works without it.
+/// Turns on TCP keepalive and the user timeout as configured (see
+/// `KeepaliveConfig` for why).
 fn set_keepalive(tcp: &TcpStream, keepalive: &KeepaliveConfig) {
-    if !keepalive.enabled() {
-        return;
+    let sock = socket2::SockRef::from(tcp);
+    if keepalive.enabled() {
+        let params = socket2::TcpKeepalive::new()
+            .with_time(keepalive.idle)
+            .with_interval(keepalive.interval)
+            .with_retries(keepalive.probes);
+        if let Err(e) = sock.set_tcp_keepalive(&params) {
+            tracing::debug!(error = %e, "could not turn on TCP keepalive");
+        }
     }
-    let params = socket2::TcpKeepalive::new()
-        .with_time(keepalive.idle)
-        .with_interval(keepalive.interval)
-        .with_retries(keepalive.probes);
-    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&params) {
-        tracing::debug!(error = %e, "could not turn on TCP keepalive");
+    if !keepalive.user_timeout.is_zero()
+        && let Err(e) = sock.set_tcp_user_timeout(Some(keepalive.user_timeout))
+    {
+        tracing::debug!(error = %e, "could not set the TCP user timeout");
     }
 }
 

@@ -212,6 +212,10 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
         "certificates": certificates,
         "warn_expiry_days": g.config.warn_expiry.as_secs() as f64 / 86_400.0,
         "tcp_keepalive": tcp_keepalive_json(&g.config.tcp_keepalive),
+        "tcp_user_timeout_ms": match g.config.tcp_keepalive.user_timeout.as_millis() {
+            0 => Value::Null,
+            ms => json!(ms as u64),
+        },
         "expiry_warnings": warnings,
         "generations": generations,
         "generations_live": live.len(),
@@ -265,17 +269,24 @@ pub fn print_status(s: &Value) {
     if let Some(pid) = s.get("pid").and_then(Value::as_u64) {
         println!("pid        {pid}");
     }
+    let user_timeout = match s.get("tcp_user_timeout_ms").and_then(Value::as_u64) {
+        Some(ms) => format!(
+            "; user timeout {}",
+            crate::config::format_duration(std::time::Duration::from_millis(ms))
+        ),
+        None => String::new(),
+    };
     match s.get("tcp_keepalive") {
         Some(k) if k.is_object() => {
             let n = |key: &str| k.get(key).and_then(Value::as_u64).unwrap_or(0);
             println!(
-                "keepalive  idle {}s, interval {}s, {} probes",
+                "keepalive  idle {}s, interval {}s, {} probes{user_timeout}",
                 n("idle_seconds"),
                 n("interval_seconds"),
                 n("probes")
             );
         }
-        Some(_) => println!("keepalive  off"),
+        Some(_) => println!("keepalive  off{user_timeout}"),
         None => {}
     }
     for l in s

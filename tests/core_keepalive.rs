@@ -10,6 +10,8 @@ use common::*;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use tokio::io::AsyncWriteExt;
+
 /// One IPv4 socket as the kernel lists it in `/proc/net/tcp`.
 #[derive(Debug, Clone, Copy)]
 struct KernelSocket {
@@ -198,9 +200,11 @@ async fn keepalive_is_set_on_both_sockets_and_a_reload_changes_it_for_new_connec
     let (code, out, err) = stayup(&["status", "--config", config_path]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("keepalive  idle 45s, interval 5s, 3 probes"),
+        out.contains("keepalive  idle 45s, interval 5s, 3 probes; user timeout 60s"),
         "{out}"
     );
+    // The user timeout defaults to what keepalive takes: 45 + 5 × 3 s.
+    assert_eq!(status["tcp_user_timeout_ms"], 60_000, "{status}");
 
     // Off: new connections have no keepalive timer; the open one keeps its own.
     site.publish(&config(bind, backend.addr, "tcp_keepalive:\n  idle: 0\n"));
@@ -296,4 +300,145 @@ async fn check_refuses_keepalive_settings_the_kernel_cannot_take() {
             "{err}"
         );
     }
+}
+
+/// A packet filter rule that drops every packet sent to one loopback port:
+/// the peer on it is still there, but nothing reaches it and nothing it
+/// would acknowledge arrives, as when a host vanishes. Removed when dropped.
+struct Blackhole {
+    table: String,
+}
+
+impl Blackhole {
+    /// Needs root and `nft`. Where they are missing the test says so and
+    /// is skipped, unless `STAYUP_TEST_NETFILTER=require` (CI) makes that
+    /// a failure.
+    fn to_port(port: u16) -> Option<Blackhole> {
+        let why_not = if euid() != 0 {
+            Some("not root")
+        } else if !have_program("nft") {
+            Some("no nft (Debian: nftables)")
+        } else {
+            None
+        };
+        let table = format!("stayup_test_{}_{port}", std::process::id());
+        let nft = |args: &str| {
+            std::process::Command::new("nft")
+                .args(args.split_whitespace())
+                .output()
+        };
+        let made = why_not.is_none()
+            && [
+                format!("add table inet {table}"),
+                format!(
+                    "add chain inet {table} out {{ type filter hook output priority 0 ; policy accept ; }}"
+                ),
+                format!("add rule inet {table} out ip daddr 127.0.0.1 tcp dport {port} drop"),
+            ]
+            .iter()
+            .all(|a| nft(a).is_ok_and(|o| o.status.success()));
+        if made {
+            return Some(Blackhole { table });
+        }
+        let _ = nft(&format!("delete table inet {table}"));
+        let why = why_not.unwrap_or("nft could not add a rule");
+        assert!(
+            std::env::var("STAYUP_TEST_NETFILTER").as_deref() != Ok("require"),
+            "a packet filter is required here, and {why}"
+        );
+        eprintln!("{why}: cannot make a peer vanish; skipping");
+        None
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .status();
+    }
+}
+
+/// The kernel is trying to get data through: retransmitting it, or, when
+/// the packet filter refused even the first transmission, probing (the
+/// timer the kernel arms for a send queue with nothing in flight).
+fn sending(s: &KernelSocket) -> bool {
+    s.timer == 1 || s.timer == 4
+}
+
+/// A backend that vanishes while data to it is unacknowledged is not
+/// probed by keepalive; `tcp_keepalive.user_timeout` gives up on it, and
+/// the client's connection is closed with it. The same connection through
+/// a daemon with `user_timeout: 0` is still retransmitting then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_vanishes_with_data_in_flight_is_given_up_after_the_user_timeout() {
+    let (site, backend, bind, d) =
+        serving(|bind, backend| config(bind, backend, "tcp_keepalive:\n  user_timeout: 2s\n"))
+            .await;
+    // A second daemon, to the same backend, that leaves it to the kernel.
+    let other = Site::new();
+    other.cert("a", &["localhost"]);
+    let other_bind = free_addr();
+    other.publish(&config(
+        other_bind,
+        backend.addr,
+        "tcp_keepalive:\n  user_timeout: 0\n",
+    ));
+    let other_d = Daemon::start(&other.config).await;
+    let status = status_json(&site.config).await;
+    assert_eq!(status["tcp_user_timeout_ms"], 2000, "{status}");
+    assert!(status_json(&other.config).await["tcp_user_timeout_ms"].is_null());
+
+    let (mut timed, timed_sides) = open(&site, bind, &backend).await;
+    let (mut kept, kept_sides) = open(&other, other_bind, &backend).await;
+    let Some(hole) = Blackhole::to_port(backend.addr.port()) else {
+        return;
+    };
+    for s in [&mut timed, &mut kept] {
+        s.write_all(b"into the void").await.expect("write");
+        s.flush().await.expect("flush");
+    }
+    let sent = Instant::now();
+    // Both daemons pass the bytes on and keep trying to send them.
+    for sides in [&timed_sides, &kept_sides] {
+        kernel_socket(
+            |s| s.local_port == sides.backend_port && s.remote_port == backend.addr.port(),
+            sending,
+            "stayup's socket to the vanished backend, trying to send",
+        )
+        .await;
+    }
+
+    // stayup closes the client's connection (how exactly does not matter
+    // here: a reset is as good as a close).
+    let ended = read_to_close(&mut timed).await;
+    let after = sent.elapsed();
+    assert!(
+        !matches!(&ended, Err(e) if e.kind() == std::io::ErrorKind::TimedOut),
+        "still open {after:?} after the write"
+    );
+    assert!(
+        after >= Duration::from_millis(1500),
+        "closed after {after:?}, before the 2 s user timeout"
+    );
+    // Given up by the kernel: stayup's socket to the backend is gone.
+    assert!(
+        !stayup_to_backend(backend.addr).contains(&timed_sides.backend_port),
+        "stayup's socket to the backend is still established"
+    );
+    // Without a user timeout, the same connection is still being tried.
+    kernel_socket(
+        |s| {
+            s.local_port == kept_sides.backend_port
+                && s.remote_port == backend.addr.port()
+                && s.state == 1
+        },
+        sending,
+        "the kernel-default connection, still trying to send",
+    )
+    .await;
+    drop(hole);
+    drop((timed, kept));
+    assert!(d.stop().await.success());
+    assert!(other_d.stop().await.success());
 }
