@@ -255,14 +255,7 @@ async fn session(
             Some("hand-over") => {
                 return ctx
                     .upgrader
-                    .hand_over(
-                        &request,
-                        &mut lines,
-                        &mut w,
-                        &ctx.stop_accepting,
-                        handle.current().id,
-                        &handle.shared.ticketer,
-                    )
+                    .hand_over(&request, &mut lines, &mut w, &ctx, &handle)
                     .await;
             }
             Some("upgrade") => {

@@ -196,6 +196,11 @@ pub async fn run(
         Some(i) => Some(i.fetch().await.map_err(|e| RunError::Io(e.to_string()))?),
         None => None,
     };
+    // An old process that predates saying its pid is this one's parent.
+    let previous_pid = inherited.as_ref().map(|i| match i.pid {
+        0 => std::os::unix::process::parent_id(),
+        pid => pid,
+    });
     // Before the first handshake: the old process's clients resume here.
     if let Some(tickets) = inherited.as_mut().and_then(|i| i.tickets.take()) {
         match shared.ticketer.import(tickets.as_str()) {
@@ -268,10 +273,11 @@ pub async fn run(
         pid = std::process::id(),
         "stayup ready"
     );
-    if incoming.is_some() {
-        tracing::info!("upgrade: this process took over the listening sockets");
-    }
     crate::systemd::ready(&handle, incoming.is_some());
+    if let Some(i) = incoming.take() {
+        tracing::info!("upgrade: this process took over the listening sockets");
+        i.follow_previous(previous_pid.unwrap_or(0), ctx.clone());
+    }
     tokio::pin!(shutdown);
     let retired = loop {
         tokio::select! {

@@ -175,6 +175,16 @@ impl Metrics {
             "How long the oldest superseded generation still alive has been draining (0 when none)",
             oldest,
         );
+        r.register(
+            "stayup_previous_process_connections",
+            "Open connections of the process an upgrade replaced, while it drains (0 when none)",
+            gauge(
+                ctx.upgrader
+                    .previous()
+                    .and_then(|p| p.connections)
+                    .map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+            ),
+        );
         let not_after: Family<Labels, Gauge> = Family::default();
         for c in &g.certificates {
             not_after

@@ -207,7 +207,11 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
         "content_sha256": g.identity.digest(),
         "loaded_at": format_system_time(g.loaded_at),
         "trigger": g.trigger.as_str(),
-        "pid": std::process::id(),
+        // The process an upgrade replaced, while it keeps its connections.
+        "previous_process": ctx.upgrader.previous().map(|p| json!({
+            "pid": p.pid,
+            "connections": p.connections,
+        })),
         "listeners": listeners,
         "certificates": certificates,
         "warn_expiry_days": g.config.warn_expiry.as_secs() as f64 / 86_400.0,
@@ -268,6 +272,15 @@ pub fn print_status(s: &Value) {
     );
     if let Some(pid) = s.get("pid").and_then(Value::as_u64) {
         println!("pid        {pid}");
+    }
+    if let Some(p) = s.get("previous_process").filter(|p| p.is_object()) {
+        let pid = p.get("pid").and_then(Value::as_u64).unwrap_or(0);
+        match p.get("connections").and_then(Value::as_u64) {
+            Some(n) => {
+                println!("previous   pid {pid} (upgraded from) keeps {n} open connection(s)")
+            }
+            None => println!("previous   pid {pid} (upgraded from) is draining"),
+        }
     }
     let user_timeout = match s.get("tcp_user_timeout_ms").and_then(Value::as_u64) {
         Some(ms) => format!(

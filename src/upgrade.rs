@@ -20,7 +20,8 @@
 //! 5. Once it serves (and has taken over the control socket), it says so;
 //!    the old process stops accepting, stops reloading, answers
 //!    `stayup upgrade`, and keeps its open connections until they end (or
-//!    `drain.timeout`), then exits. Under systemd the new process becomes
+//!    `drain.timeout`), then exits. Until then it tells the new process
+//!    how many it still has, for the new one's status. Under systemd the new process becomes
 //!    the service's main process (`MAINPID=`, needs `NotifyAccess=all`).
 
 use std::collections::HashMap;
@@ -52,6 +53,8 @@ pub const ENV_SOCKET: &str = "STAYUP_UPGRADE_SOCKET";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long each step of the hand-over itself may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a retired process looks whether its connection count changed.
+const DRAIN_REPORT_EVERY: Duration = Duration::from_millis(250);
 /// The kernel's limit on descriptors in one `SCM_RIGHTS` message.
 const MAX_FDS: usize = 253;
 
@@ -132,6 +135,16 @@ pub struct Upgrader {
     /// What the new process was handed, for the one that was started by an
     /// upgrade: taken by the listeners and the admin endpoint at start.
     inherited: Mutex<Inherited>,
+    /// The process this one replaced, while it still runs.
+    previous: Mutex<Option<Previous>>,
+}
+
+/// The process an upgrade replaced, while it drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Previous {
+    pub pid: u32,
+    /// Its open connections, as it last said (None: not heard yet).
+    pub connections: Option<u64>,
 }
 
 /// Listening sockets received from the old process.
@@ -139,6 +152,8 @@ pub struct Upgrader {
 pub struct Inherited {
     pub listeners: HashMap<SocketAddr, std::net::TcpListener>,
     pub admin: Option<(SocketAddr, std::net::TcpListener)>,
+    /// The old process's pid (0: a process that predates telling it).
+    pub pid: u32,
     /// The old process's current generation: the new one numbers its
     /// first generation after it, so that generation numbers never go back
     /// (a monitor that watches them sees one more commit, not a restart).
@@ -210,6 +225,11 @@ impl Upgrader {
                 None
             }
         }
+    }
+
+    /// The process this one replaced, while it still runs (for status).
+    pub fn previous(&self) -> Option<Previous> {
+        *lock(&self.previous)
     }
 
     /// Closes whatever was inherited and not taken (addresses the new
@@ -322,9 +342,8 @@ impl Upgrader {
         request: &Value,
         lines: &mut tokio::io::Lines<R>,
         w: &mut OwnedWriteHalf,
-        stop_accepting: &CancellationToken,
-        generation: u64,
-        tickets: &crate::tickets::TicketKeys,
+        ctx: &crate::proxy::ProxyContext,
+        handle: &crate::reloader::ReloadHandle,
     ) -> std::io::Result<()>
     where
         R: tokio::io::AsyncBufRead + Unpin,
@@ -339,14 +358,24 @@ impl Upgrader {
             .await;
         }
         let result = self
-            .send_and_wait(lines, w, stop_accepting, generation, tickets)
+            .send_and_wait(
+                lines,
+                w,
+                &ctx.stop_accepting,
+                handle.current().id,
+                &handle.shared.ticketer,
+            )
             .await;
         let report = match &result {
             Ok(r) => r.clone(),
             Err(e) => Err(format!("hand-over failed: {e}")),
         };
+        let served = report.is_ok();
         if let Some(tx) = lock(&self.pending).as_mut().and_then(|p| p.ready.take()) {
             let _ = tx.send(report);
+        }
+        if served {
+            report_drain(w, &ctx.tracker).await?;
         }
         result.map(|_| ())
     }
@@ -383,6 +412,7 @@ impl Upgrader {
                 "listeners": listeners.iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>(),
                 "admin": admin.as_ref().map(|(a, _)| a.to_string()),
                 "generation": generation,
+                "pid": std::process::id(),
                 "tickets": tickets.export().as_str(),
             })
             .to_string(),
@@ -428,6 +458,24 @@ impl Upgrader {
         // socket too, so that its next `stayup status` reaches the new one.
         let _ = tokio::time::timeout(STEP_TIMEOUT, lines.next_line()).await;
         Ok(Ok(ready))
+    }
+}
+
+/// The old process's last words on the hand-over connection: how many
+/// connections it still has, each time that changes, so that the new
+/// process can show it. The connection ends when this process exits.
+async fn report_drain(
+    w: &mut OwnedWriteHalf,
+    connections: &tokio_util::task::TaskTracker,
+) -> std::io::Result<()> {
+    let mut last = None;
+    loop {
+        let open = connections.len();
+        if last != Some(open) {
+            write_line(w, &json!({ "open": open })).await?;
+            last = Some(open);
+        }
+        tokio::time::sleep(DRAIN_REPORT_EVERY).await;
     }
 }
 
@@ -550,6 +598,44 @@ impl Incoming {
         let _ = self.report(json!({ "control": true }), false).await;
     }
 
+    /// Follows the old process's drain from its reports on the hand-over
+    /// connection, for `stayup status`, until it exits (the connection
+    /// then ends). `pid` is the old process's.
+    pub fn follow_previous(mut self, pid: u32, ctx: Arc<crate::proxy::ProxyContext>) {
+        let Some(stream) = self.stream.take() else {
+            return;
+        };
+        let stream = stream
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(stream));
+        let Ok(stream) = stream else {
+            return;
+        };
+        let unread = std::mem::take(&mut self.unread);
+        *lock(&ctx.upgrader.previous) = Some(Previous {
+            pid,
+            connections: None,
+        });
+        tokio::spawn(async move {
+            use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+            let reader = tokio::io::BufReader::new(AsyncReadExt::chain(
+                std::io::Cursor::new(unread),
+                stream,
+            ));
+            let mut lines = reader.lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let open = serde_json::from_str::<Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get("open").and_then(Value::as_u64));
+                if let (Some(open), Some(p)) = (open, lock(&ctx.upgrader.previous).as_mut()) {
+                    p.connections = Some(open);
+                }
+            }
+            *lock(&ctx.upgrader.previous) = None;
+            tracing::info!(pid, "upgrade: the previous process has ended");
+        });
+    }
+
     /// Tells the old process why this one cannot serve.
     pub async fn failed(&mut self, reason: &str) {
         let _ = self.report(json!({ "failed": reason }), false).await;
@@ -664,6 +750,11 @@ fn fetch_blocking(socket: &Path, token: &str) -> Result<Fetched, HandOverError> 
         generation: answer
             .get("generation")
             .and_then(Value::as_u64)
+            .unwrap_or(0),
+        pid: answer
+            .get("pid")
+            .and_then(Value::as_u64)
+            .and_then(|p| u32::try_from(p).ok())
             .unwrap_or(0),
         tickets,
         ..Inherited::default()

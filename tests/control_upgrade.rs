@@ -57,6 +57,25 @@ async fn upgrade(config: &std::path::Path) -> (i32, String, String) {
         .expect("upgrade thread")
 }
 
+/// The daemon's status once `done` holds for it.
+async fn status_until(
+    config: &std::path::Path,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = status_json(config).await;
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never got there: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The pid in `upgraded: pid N serves ...`.
 fn new_pid(out: &str) -> u32 {
     out.split_once("upgraded: pid ")
@@ -113,6 +132,34 @@ async fn upgrade_hands_over_the_sockets_and_loses_no_connection() {
     assert_eq!(code, 200);
     let admin_status: serde_json::Value = serde_json::from_str(&body).expect("admin JSON");
     assert_eq!(admin_status["pid"].as_u64(), Some(u64::from(upgraded.0)));
+    // The new process shows the old one draining: the streaming connection.
+    let previous = status_until(&site.config, |s| {
+        s["previous_process"]["connections"].as_u64() == Some(1)
+    })
+    .await["previous_process"]
+        .clone();
+    assert_eq!(
+        previous["pid"].as_u64(),
+        Some(u64::from(old_pid)),
+        "{previous}"
+    );
+    let (code, _, metrics) = http_get(admin, "/metrics").await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        metric(&metrics, "stayup_previous_process_connections"),
+        Some(1.0)
+    );
+    let path = site.config.to_str().expect("utf-8 path").to_string();
+    let (_, printed, _) =
+        tokio::task::spawn_blocking(move || stayup(&["status", "--config", &path]))
+            .await
+            .expect("status thread");
+    assert!(
+        printed.contains(&format!(
+            "previous   pid {old_pid} (upgraded from) keeps 1 open connection(s)"
+        )),
+        "{printed}"
+    );
 
     // New connections keep being served, now by the new process only.
     let before = churn.served.load(Ordering::Relaxed);
@@ -138,6 +185,13 @@ async fn upgrade_hands_over_the_sockets_and_loses_no_connection() {
     let exit = old.wait_exit().await;
     assert!(exit.success(), "the old process exited with {exit}");
     assert!(upgraded.alive(), "the new process ended with the old one");
+    // ...and the new process no longer shows it.
+    status_until(&site.config, |s| s["previous_process"].is_null()).await;
+    let (_, _, metrics) = http_get(admin, "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "stayup_previous_process_connections"),
+        Some(0.0)
+    );
     let _ = fingerprint_at(bind, "localhost", site.client()).await;
     upgraded.stop().await;
 }
