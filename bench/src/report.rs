@@ -81,8 +81,14 @@ pub fn render(r: &Results, s: &Settings) -> (String, String) {
     let _ = writeln!(w, "# stayup benchmark, {}\n", r.date);
     let _ = writeln!(
         w,
-        "Run {} ({mode}), {:.1} minutes. Kernel {}, {}; load average {} before, {} after.\n",
-        r.started, r.minutes, r.kernel, r.cpu_model, r.load_before, r.load_after
+        "Run {} ({mode}), {:.1} minutes. Kernel {} ({}), {}; load average {} before, {} after.\n",
+        r.started,
+        r.minutes,
+        r.kernel,
+        ulps(&r.tcp_ulps),
+        r.cpu_model,
+        r.load_before,
+        r.load_after
     );
     if r.proxy_cpu == 0 {
         let _ = writeln!(
@@ -725,4 +731,20 @@ fn esc(t: &str) -> String {
     t.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// What the kernel's TCP upper-layer protocols say about kernel TLS, the
+/// one design that takes the copies out of the bulk test's path.
+fn ulps(available: &str) -> String {
+    let list = if available.is_empty() {
+        "none"
+    } else {
+        available
+    };
+    let tls = if available.split_whitespace().any(|u| u == "tls") {
+        "kernel TLS available"
+    } else {
+        "kernel TLS not loaded"
+    };
+    format!("TCP upper-layer protocols: {list}; {tls}")
 }

@@ -225,6 +225,9 @@ pub struct Results {
     pub load_before: String,
     pub load_after: String,
     pub kernel: String,
+    /// `/proc/sys/net/ipv4/tcp_available_ulp`: whether kernel TLS (`tls`)
+    /// could carry the bulk test's bytes on this host at all.
+    pub tcp_ulps: String,
     pub cpu_model: String,
     pub systems: Vec<SystemResult>,
     pub skipped: Vec<&'static str>,
@@ -386,6 +389,10 @@ pub async fn all(settings: &Settings, stayup: &Path, only: Option<&[String]>) ->
         load_before,
         load_after: loadavg(),
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        tcp_ulps: std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp")
             .unwrap_or_default()
             .trim()
             .to_string(),
