@@ -264,7 +264,8 @@ async fn accept_loop(
 }
 
 /// Turns on TCP keepalive and the user timeout as configured (see
-/// `KeepaliveConfig` for why).
+/// `KeepaliveConfig` for why). A failure is logged, not fatal: the
+/// connection works without them.
 fn set_keepalive(tcp: &TcpStream, keepalive: &KeepaliveConfig) {
     let sock = socket2::SockRef::from(tcp);
     if keepalive.enabled() {

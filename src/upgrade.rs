@@ -21,8 +21,9 @@
 //!    the old process stops accepting, stops reloading, answers
 //!    `stayup upgrade`, and keeps its open connections until they end (or
 //!    `drain.timeout`), then exits. Until then it tells the new process
-//!    how many it still has, for the new one's status. Under systemd the new process becomes
-//!    the service's main process (`MAINPID=`, needs `NotifyAccess=all`).
+//!    how many it still has, for the new one's status. Under systemd the
+//!    new process becomes the service's main process (`MAINPID=`, needs
+//!    `NotifyAccess=all`).
 
 use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut, Read, Write};
