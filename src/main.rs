@@ -219,6 +219,18 @@ fn runtime(fut: impl std::future::Future<Output = u8>) -> ExitCode {
 }
 
 type FilterHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+type Filtered = tracing_subscriber::layer::Layered<
+    reload::Layer<EnvFilter, tracing_subscriber::Registry>,
+    tracing_subscriber::Registry,
+>;
+type FormatLayer = Box<dyn Layer<Filtered> + Send + Sync>;
+
+/// What a committed generation may change in the logging set up at start.
+struct Logging {
+    /// `None` when `RUST_LOG` chose the filter.
+    filter: Option<FilterHandle>,
+    format: reload::Handle<FormatLayer, Filtered>,
+}
 
 /// The filter for `log.level`. The connection log is asked for on its own
 /// (`log.connections`), so it is shown at any level.
@@ -233,19 +245,11 @@ fn filter_for(log: &stayup::config::LogConfig) -> EnvFilter {
     EnvFilter::new(format!("{others},stayup={level}{connections}"))
 }
 
-/// Sets up logging to stderr. `RUST_LOG`, when set, overrides the
-/// configuration's `log.level` for good.
-fn init_logging(format: LogFormat) -> Option<FilterHandle> {
-    let from_env = std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty());
-    let filter = match &from_env {
-        Some(s) => EnvFilter::new(s),
-        None => EnvFilter::new("warn,stayup=info"),
-    };
-    let (filter, handle) = reload::Layer::new(filter);
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = match format {
+/// One line per event on stderr, as `log.format` asks.
+fn format_layer(format: LogFormat) -> FormatLayer {
+    match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_ansi(ansi)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -253,20 +257,37 @@ fn init_logging(format: LogFormat) -> Option<FilterHandle> {
             .flatten_event(true)
             .with_writer(std::io::stderr)
             .boxed(),
+    }
+}
+
+/// Sets up logging to stderr. `RUST_LOG`, when set, overrides the
+/// configuration's `log.level` for good; the format always follows
+/// `log.format`.
+fn init_logging(format: LogFormat) -> Logging {
+    let from_env = std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty());
+    let filter = match &from_env {
+        Some(s) => EnvFilter::new(s),
+        None => EnvFilter::new("warn,stayup=info"),
     };
+    let (filter, filter_handle) = reload::Layer::new(filter);
+    let (fmt, format_handle) = reload::Layer::new(format_layer(format));
     tracing_subscriber::registry().with(filter).with(fmt).init();
-    from_env.is_none().then_some(handle)
+    Logging {
+        filter: from_env.is_none().then_some(filter_handle),
+        format: format_handle,
+    }
 }
 
 fn run(config: PathBuf) -> ExitCode {
-    // The log format is chosen once, from the file as it is at start-up;
-    // the level follows every committed generation.
+    // The format from the file as it is at start-up, so that even a first
+    // configuration that does not load is reported in it; from then on the
+    // level and the format follow every committed generation.
     let format = std::fs::read(&config)
         .ok()
         .and_then(|b| Config::parse(&config, &b).ok())
         .map(|c| c.log.format)
         .unwrap_or(LogFormat::Text);
-    let filter = init_logging(format);
+    let logging = init_logging(format);
     if let Err(e) = rustls::crypto::aws_lc_rs::default_provider().install_default() {
         tracing::debug!(?e, "a crypto provider was already installed");
     }
@@ -277,17 +298,23 @@ fn run(config: PathBuf) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let mut hooks: Vec<CommitHook> = Vec::new();
-    if let Some(handle) = filter {
-        let last = std::sync::Mutex::new(None);
-        hooks.push(Box::new(move |g: &Generation| {
-            let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
-            if last.as_ref() != Some(&g.config.log) {
-                *last = Some(g.config.log.clone());
-                let _ = handle.modify(|f| *f = filter_for(&g.config.log));
-            }
-        }));
-    }
+    // Before the commit's own log line, so that it is already written the
+    // new way.
+    let last = std::sync::Mutex::new((None, format));
+    let hooks: Vec<CommitHook> = vec![Box::new(move |g: &Generation| {
+        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+        let log = &g.config.log;
+        if last.1 != log.format {
+            last.1 = log.format;
+            let _ = logging.format.reload(format_layer(log.format));
+        }
+        if let Some(filter) = &logging.filter
+            && last.0.as_ref() != Some(log)
+        {
+            let _ = filter.modify(|f| *f = filter_for(log));
+        }
+        last.0 = Some(log.clone());
+    })];
     runtime(async move {
         match stayup::daemon::run(config, shared, hooks, stayup::daemon::terminate_signal()).await {
             Ok(()) => 0,

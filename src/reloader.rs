@@ -334,9 +334,9 @@ pub fn diff(old: &Generation, new: &Generation) -> Vec<Change> {
         b.log.connections.to_string(),
     );
     setting(
-        "log.format (applies after a restart)",
-        format!("{:?}", a.log.format),
-        format!("{:?}", b.log.format),
+        "log.format",
+        format!("{:?}", a.log.format).to_lowercase(),
+        format!("{:?}", b.log.format).to_lowercase(),
     );
     setting("warn_expiry", d(a.warn_expiry), d(b.warn_expiry));
     setting(

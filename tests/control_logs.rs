@@ -1,7 +1,7 @@
 //! Logs: `log.format: json` gives one JSON object per line, every reload
 //! outcome is exactly one line with generation, trigger, result and reason,
-//! `log.level` follows reloads, and `log.connections` gives one line per
-//! connection.
+//! `log.level` and `log.format` follow reloads, and `log.connections` gives
+//! one line per connection.
 
 mod common;
 
@@ -68,6 +68,65 @@ async fn json_logs_one_object_per_outcome() {
         .filter(|l| l.contains("\"message\":\"reload "))
         .count();
     assert_eq!(outcomes, 3, "{}", d.output());
+}
+
+/// `log.format` follows reloads like every other setting: the reload that
+/// changes it already writes its own outcome line the new way, and a
+/// rejected one changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_follows_reloads() {
+    let site = Site::new();
+    let backend = EchoBackend::start().await;
+    site.cert("a", &["localhost"]);
+    let bind = addr();
+    let with = |format: &str, cert: &str| {
+        format!(
+            "{}log:\n  format: {format}\n",
+            simple_config(bind, backend.addr, cert)
+        )
+    };
+    let is_json = |line: &str| serde_json::from_str::<Value>(line).is_ok();
+    site.publish(&with("text", "a"));
+    let mut d = Daemon::start(&site.config).await;
+    let first = d.output();
+    assert!(!first.is_empty() && !first.lines().any(is_json), "{first}");
+
+    site.publish(&with("json", "a"));
+    let line = d.reload().await;
+    let v: Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("the switching reload's line is not JSON ({e}): {line}"));
+    assert_eq!(v["message"], "reload committed", "{line}");
+    assert_eq!(v["generation"], 2, "{line}");
+    assert!(
+        v["changes"]
+            .as_str()
+            .is_some_and(|c| c.contains("log.format")),
+        "{line}"
+    );
+
+    // Rejected: JSON stays.
+    site.publish(&with("text", "missing"));
+    let line = d.reload().await;
+    let v: Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("a rejected reload changed the format ({e}): {line}"));
+    assert_eq!(v["message"], "reload rejected", "{line}");
+
+    site.publish(&with("text", "a"));
+    let line = d.reload().await;
+    assert!(
+        !is_json(&line) && line.contains("reload committed generation=3"),
+        "{line}"
+    );
+    d.signal("TERM");
+    assert!(d.wait_exit().await.success());
+    let last = d.output();
+    let tail = last
+        .rsplit_once("reload committed generation=3")
+        .map(|(_, t)| t);
+    assert!(
+        tail.is_some_and(|t| !t.lines().any(is_json)),
+        "JSON after the switch back to text: {last}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
