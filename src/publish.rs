@@ -396,9 +396,6 @@ fn verdict(answer: &Value, before: Option<u64>) -> (String, u8) {
             if let Some(r) = answer.get("reason").and_then(Value::as_str) {
                 text.push_str(&format!("\nreason: {r}"));
             }
-            text.push_str(
-                "\nthe new file is in place; `stayup rollback` re-activates the previous one",
-            );
             (text, 1)
         }
         _ => (format!("unexpected answer from the daemon: {answer}"), 2),
@@ -457,18 +454,84 @@ pub async fn cli_publish(config: &Path, request: Request, dry_run: bool) -> u8 {
             eprintln!("stayup publish: {why}");
             1
         }
-        Ok(false) => 0,
-        Ok(true) if dry_run => {
-            println!("dry run: valid; nothing was changed");
-            0
-        }
-        Ok(true) => notify(daemon).await,
+        Ok(change) => finish(config, change, daemon).await,
     }
 }
 
-/// Publishes one certificate pair. `Ok(true)` when a file was activated
-/// (or would be, for a dry run) or is already live and the daemon should
-/// be asked; errors are refusals.
+/// What a publish or a rollback did to the top-level file.
+enum Change {
+    /// Nothing, and nothing to ask the daemon (a dry run of the live content).
+    Nothing,
+    /// Nothing: a dry run that would have replaced it.
+    WouldReplace,
+    /// Already the content asked for. The daemon is asked all the same: an
+    /// earlier run may have stopped before asking.
+    AlreadyLive,
+    /// Renamed into place over `previous` (`None`: it was unreadable).
+    Replaced {
+        previous: Option<Vec<u8>>,
+        published: Vec<u8>,
+    },
+}
+
+/// Asks the daemon, and puts the previous file back if it rejects the new
+/// one: a publish changes both what is served and what is on disk, or
+/// neither. A file the daemon rejected and left in place would be what the
+/// next start (a reboot, a crash) reads, and start-up does not fall back.
+/// Returns the exit status.
+async fn finish(config: &Path, change: Change, daemon: Result<DaemonLink, String>) -> u8 {
+    match change {
+        Change::Nothing => 0,
+        Change::WouldReplace => {
+            println!("dry run: valid; nothing was changed");
+            0
+        }
+        Change::AlreadyLive => notify(daemon).await,
+        Change::Replaced {
+            previous,
+            published,
+        } => {
+            let code = notify(daemon).await;
+            if code == 1 {
+                let kept =
+                    "the new file stays in place; `stayup rollback` re-activates the previous one";
+                match previous {
+                    None => println!("{kept}"),
+                    Some(previous) => match put_back(config, &previous, &published) {
+                        Ok(()) => println!(
+                            "put the previous {} back in place: the file is again the one that is served (the rejected one stays in `stayup history`)",
+                            config.display()
+                        ),
+                        Err(Stop(why)) => {
+                            println!("could not put the previous file back: {why}; {kept}")
+                        }
+                    },
+                }
+            }
+            code
+        }
+    }
+}
+
+/// Renames `previous` back over `config`, unless the file has changed again
+/// since this run replaced it with `published`. Not validated again: it is
+/// exactly what was there before, and no history entry is written (the
+/// earlier entry with this content is the live one again).
+fn put_back(config: &Path, previous: &[u8], published: &[u8]) -> Result<(), Stop> {
+    let site = Site::open(config)?;
+    if read_config_bytes(config)? != published {
+        return Err(Stop(format!(
+            "{} has changed since (another publish, or an edit)",
+            config.display()
+        )));
+    }
+    let tmp = store::write_temp(&site.config, previous, site.mode, site.owner)?;
+    store::rename(&tmp, &site.config)?;
+    store::sync_dir(&site.dir)?;
+    Ok(())
+}
+
+/// Publishes one certificate pair; errors are refusals.
 fn publish_pair(
     config: &Path,
     listener: &str,
@@ -476,7 +539,7 @@ fn publish_pair(
     cert: &Path,
     key: &Path,
     dry_run: bool,
-) -> Result<bool, Stop> {
+) -> Result<Change, Stop> {
     let site = Site::open(config)?;
     let old = read_config_bytes(config)?;
     let current = Config::parse(config, &old).map_err(|e| {
@@ -526,12 +589,12 @@ fn publish_pair(
             config.display()
         );
         if dry_run {
-            return Ok(false);
+            return Ok(Change::Nothing);
         }
         // Still make sure the store copies are intact, and that the daemon
         // serves them (a previous publish may have stopped before asking).
         store_inputs(&site, &inputs, store_dir)?;
-        return Ok(true);
+        return Ok(Change::AlreadyLive);
     }
     let staged = store_inputs(&site, &inputs, store_dir)?;
     checkpoint("store");
@@ -558,7 +621,18 @@ fn publish_pair(
         edits[1].1
     );
     println!("{}", describe_cert(&candidate, li, ci));
-    Ok(true)
+    Ok(replaced(dry_run, Some(old), rw.candidate.into_bytes()))
+}
+
+fn replaced(dry_run: bool, previous: Option<Vec<u8>>, published: Vec<u8>) -> Change {
+    if dry_run {
+        Change::WouldReplace
+    } else {
+        Change::Replaced {
+            previous,
+            published,
+        }
+    }
 }
 
 /// The new top-level text for some inputs.
@@ -606,7 +680,7 @@ impl Rewrite {
     }
 }
 
-fn publish_from(config: &Path, new_path: &Path, dry_run: bool) -> Result<bool, Stop> {
+fn publish_from(config: &Path, new_path: &Path, dry_run: bool) -> Result<Change, Stop> {
     let site = Site::open(config)?;
     let old = read_config_bytes(config).ok();
     let given = read_config_bytes(new_path)?;
@@ -633,10 +707,10 @@ fn publish_from(config: &Path, new_path: &Path, dry_run: bool) -> Result<bool, S
             config.display()
         );
         if dry_run {
-            return Ok(false);
+            return Ok(Change::Nothing);
         }
         store_inputs(&site, &inputs, store_dir)?;
-        return Ok(true);
+        return Ok(Change::AlreadyLive);
     }
     let staged = store_inputs(&site, &inputs, store_dir)?;
     checkpoint("store");
@@ -669,7 +743,7 @@ fn publish_from(config: &Path, new_path: &Path, dry_run: bool) -> Result<bool, S
             history::describe(&old, &candidate.config, &site.dir)
         );
     }
-    Ok(true)
+    Ok(replaced(dry_run, old, rw.candidate.into_bytes()))
 }
 
 /// `stayup history`: every recorded top-level file, oldest first; `*`
@@ -759,15 +833,11 @@ pub async fn cli_rollback(config: &Path, to: Option<&str>, dry_run: bool) -> u8 
             eprintln!("stayup rollback: {why}");
             1
         }
-        Ok(()) if dry_run => {
-            println!("dry run: valid; nothing was changed");
-            0
-        }
-        Ok(()) => notify(daemon).await,
+        Ok(change) => finish(config, change, daemon).await,
     }
 }
 
-fn rollback(config: &Path, to: Option<&str>, dry_run: bool) -> Result<(), Stop> {
+fn rollback(config: &Path, to: Option<&str>, dry_run: bool) -> Result<Change, Stop> {
     let site = Site::open(config)?;
     let live = read_config_bytes(config).ok();
     let entries = history::list(&site.dir)?;
@@ -811,7 +881,7 @@ fn rollback(config: &Path, to: Option<&str>, dry_run: bool) -> Result<(), Stop> 
         target.id,
         target.time()
     );
-    Ok(())
+    Ok(replaced(dry_run, live, bytes))
 }
 
 /// `stayup gc`: keeps the live file, the last `keep` history entries and
@@ -977,5 +1047,30 @@ mod tests {
         assert_eq!(code, 1);
         assert!(text.contains("reason: bind: in use"), "{text}");
         assert_eq!(verdict(&json!({"error": "x"}), None).1, 2);
+    }
+
+    #[test]
+    fn put_back_restores_only_the_file_it_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("stayup.yaml");
+        std::fs::write(&config, "published\n").expect("write");
+        put_back(&config, b"previous\n", b"published\n")
+            .unwrap_or_else(|Stop(why)| panic!("{why}"));
+        assert_eq!(std::fs::read(&config).expect("read"), b"previous\n");
+
+        // Changed again since (another publish won the folder lock first):
+        // left alone, and said so.
+        std::fs::write(&config, "someone else's\n").expect("write");
+        let Err(Stop(why)) = put_back(&config, b"previous\n", b"published\n") else {
+            panic!("put back over a file this run did not write");
+        };
+        assert!(why.contains("has changed since"), "{why}");
+        assert_eq!(std::fs::read(&config).expect("read"), b"someone else's\n");
+        // No temporary file left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("stayup.yaml")]);
     }
 }

@@ -124,7 +124,7 @@ async fn publish_without_a_daemon_says_so_and_succeeds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_whole_file_the_daemon_rejects_exits_1_and_the_old_generation_serves() {
+async fn a_whole_file_the_daemon_rejects_exits_1_and_the_old_file_and_generation_stay() {
     let site = Site::new();
     let backend = EchoBackend::start().await;
     let a = site.cert("a", &["localhost"]);
@@ -173,11 +173,33 @@ async fn a_whole_file_the_daemon_rejects_exits_1_and_the_old_generation_serves()
         fingerprint_at(bind, "localhost", site.client()).await,
         a.fingerprint()
     );
-    // The paths of the new file were resolved beside it and rewritten to
-    // store copies.
-    let text = std::fs::read_to_string(&site.config).expect("config");
-    assert!(!text.contains("../certs/"), "{text}");
-    assert!(text.contains("store/"), "{text}");
+    // The file the daemon rejected is not left for the next start to read:
+    // the previous one is back, byte for byte.
+    assert!(out.contains("put the previous"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&site.config).expect("config"),
+        simple_config(bind, backend.addr, "a")
+    );
+    assert_eq!(check(&site.config).0, 0);
+    // It stays in history, not live: its paths were resolved beside it and
+    // rewritten to store copies.
+    let (code, history, _) = stayup(&["history", "--config", site.config.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let rows: Vec<&str> = history.lines().filter(|l| l.contains(" UTC ")).collect();
+    assert_eq!(rows.len(), 2, "{history}");
+    assert!(
+        rows[0].starts_with('*') && !rows[1].starts_with('*'),
+        "{history}"
+    );
+    let rejected = std::fs::read_dir(site.path("history"))
+        .expect("history folder")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .find(|t| t.contains("api"))
+        .expect("the rejected file in history");
+    assert!(
+        !rejected.contains("../certs/") && rejected.contains("store/"),
+        "{rejected}"
+    );
     drop(taken);
     assert!(d.stop().await.success());
 }
