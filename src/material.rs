@@ -7,6 +7,7 @@
 //! another certificate. Each failure names the file. Messages describe key
 //! files by their PEM labels only; key bytes never reach a message.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -359,6 +360,10 @@ pub fn load(
     now: SystemTime,
 ) -> Result<Material, MaterialError> {
     let mut files: Vec<FileDigest> = Vec::new();
+    // Each file once, in the order first referenced; looked up by hash, not
+    // by scanning `files` (with thousands of certificates that scan was
+    // half of a reload).
+    let mut seen: HashSet<PathBuf> = HashSet::new();
     let mut read = |path: &Path, what: &'static str| -> Result<Vec<u8>, MaterialError> {
         let bytes =
             read_capped(path, MAX_MATERIAL_BYTES).map_err(|reason| MaterialError::Read {
@@ -366,7 +371,7 @@ pub fn load(
                 what,
                 reason,
             })?;
-        if !files.iter().any(|f| f.path == path) {
+        if seen.insert(path.to_path_buf()) {
             files.push(FileDigest {
                 path: path.to_path_buf(),
                 sha256: sha256(&bytes),
