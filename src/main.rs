@@ -300,20 +300,22 @@ fn run(config: PathBuf) -> ExitCode {
     };
     // Before the commit's own log line, so that it is already written the
     // new way.
-    let last = std::sync::Mutex::new((None, format));
+    // (the format in effect, the settings the filter was last made for)
+    let applied = std::sync::Mutex::new((format, None));
     let hooks: Vec<CommitHook> = vec![Box::new(move |g: &Generation| {
-        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut applied = applied.lock().unwrap_or_else(|p| p.into_inner());
+        let (format, filtered) = &mut *applied;
         let log = &g.config.log;
-        if last.1 != log.format {
-            last.1 = log.format;
+        if *format != log.format {
+            *format = log.format;
             let _ = logging.format.reload(format_layer(log.format));
         }
         if let Some(filter) = &logging.filter
-            && last.0.as_ref() != Some(log)
+            && filtered.as_ref() != Some(log)
         {
             let _ = filter.modify(|f| *f = filter_for(log));
         }
-        last.0 = Some(log.clone());
+        *filtered = Some(log.clone());
     })];
     runtime(async move {
         match stayup::daemon::run(config, shared, hooks, stayup::daemon::terminate_signal()).await {

@@ -486,7 +486,16 @@ async fn finish(config: &Path, change: Change, daemon: Result<DaemonLink, String
             println!("dry run: valid; nothing was changed");
             0
         }
-        Change::AlreadyLive => notify(daemon).await,
+        Change::AlreadyLive => {
+            let code = notify(daemon).await;
+            if code == 1 {
+                println!(
+                    "{} was already this content and is not what is served; `stayup rollback` re-activates an earlier file",
+                    config.display()
+                );
+            }
+            code
+        }
         Change::Replaced {
             previous,
             published,
