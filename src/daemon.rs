@@ -208,6 +208,12 @@ pub async fn run(
             Err(e) => tracing::warn!("upgrade: {e}; clients resume on new tickets only"),
         }
     }
+    if let Some(sessions) = inherited.as_mut().and_then(|i| i.sessions.take()) {
+        match shared.session_cache.import(sessions.as_str()) {
+            Ok(n) => tracing::info!(sessions = n, "upgrade: took over the TLS session cache"),
+            Err(e) => tracing::warn!("upgrade: {e}; the session cache starts empty"),
+        }
+    }
     // Refuse before binding any listener when a live daemon answers on the
     // control socket: a second daemon must not serve beside the one the
     // operator talks to, not even for a moment. (A file that does not parse

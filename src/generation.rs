@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert, StoresServerSessions};
-use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, version};
 use tokio_util::sync::CancellationToken;
@@ -26,11 +26,11 @@ use crate::material::{CertInfo, FileDigest, LoadedCert, Material};
 
 /// State that outlives every generation: the crypto provider, and the TLS
 /// session cache and ticket keys, shared so that a client that resumes a
-/// session after a reload still can (and, for the ticket keys, after an
-/// upgrade: see `tickets`).
+/// session after a reload still can (and after an upgrade: see `sessions`
+/// and `tickets`).
 pub struct Shared {
     pub provider: Arc<CryptoProvider>,
-    pub session_cache: Arc<dyn StoresServerSessions>,
+    pub session_cache: Arc<crate::sessions::SessionCache>,
     pub ticketer: Arc<crate::tickets::TicketKeys>,
     /// Each listener's counts by name, across generations.
     listener_stats: Mutex<HashMap<String, Arc<ListenerStats>>>,
@@ -73,7 +73,9 @@ impl Shared {
     ) -> Result<Arc<Shared>, crate::tickets::TicketKeysError> {
         Ok(Arc::new(Shared {
             provider,
-            session_cache: ServerSessionMemoryCache::new(16 * 1024),
+            session_cache: Arc::new(crate::sessions::SessionCache::new(
+                crate::sessions::CAPACITY,
+            )),
             ticketer: Arc::new(crate::tickets::TicketKeys::new()?),
             listener_stats: Mutex::new(HashMap::new()),
             total_connections: Arc::new(AtomicUsize::new(0)),

@@ -34,6 +34,7 @@ pub mod proxy_protocol;
 pub mod publish;
 pub mod reloader;
 pub mod resumption;
+pub mod sessions;
 pub mod status;
 pub mod store;
 pub mod systemd;

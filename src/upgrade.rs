@@ -12,8 +12,9 @@
 //! 3. The new process connects to the old one's control socket and is
 //!    handed every listening socket (`SCM_RIGHTS`): the same sockets, not
 //!    new binds, so no connection is refused or lost from the accept queue
-//!    while the two processes change places. The session-ticket keys come
-//!    with them, so that clients resume with the new process (`tickets`).
+//!    while the two processes change places. The session-ticket keys and
+//!    the session cache come with them, so that clients resume with the
+//!    new process (`tickets`, `sessions`).
 //! 4. It loads and validates the configuration exactly as a first start
 //!    does. If that fails, it says why and exits; the old process never
 //!    stopped serving and reports the reason: nothing changed.
@@ -44,6 +45,7 @@ use tokio::io::Interest;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
 
 /// The environment variable that carries the one-time token to the new process.
 pub const ENV_TOKEN: &str = "STAYUP_UPGRADE_TOKEN";
@@ -58,6 +60,14 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_REPORT_EVERY: Duration = Duration::from_millis(250);
 /// The kernel's limit on descriptors in one `SCM_RIGHTS` message.
 const MAX_FDS: usize = 253;
+/// How much of the session cache an upgrade hands over, as text (the
+/// newest sessions; sessions without client certificates are a few
+/// hundred bytes each, so a full cache fits).
+const SESSIONS_BUDGET: usize = 16 * 1024 * 1024;
+/// The longest answer line a new process reads.
+const MAX_ANSWER: usize = SESSIONS_BUDGET + 1024 * 1024;
+/// The longest report line the old process's side expects.
+const MAX_REPORT: usize = 64 * 1024;
 
 /// Why an upgrade did not take place. The old process keeps serving.
 #[derive(Debug)]
@@ -162,6 +172,15 @@ pub struct Inherited {
     /// The old process's session-ticket keys, so that its clients resume
     /// here (absent from a process that predates them).
     pub tickets: Option<crate::tickets::Exported>,
+    /// The old process's session cache, likewise.
+    pub sessions: Option<crate::tickets::Exported>,
+}
+
+/// What the old process hands over besides the sockets.
+pub struct Secrets<'a> {
+    tickets: &'a crate::tickets::TicketKeys,
+    /// `None` when the new process did not ask for them.
+    sessions: Option<&'a crate::sessions::SessionCache>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -358,13 +377,20 @@ impl Upgrader {
             )
             .await;
         }
+        // Only a new process that says it takes the session cache gets it:
+        // an older binary (a downgrade) would refuse so long an answer.
+        let sessions = (request.get("sessions") == Some(&Value::Bool(true)))
+            .then_some(&*handle.shared.session_cache);
         let result = self
             .send_and_wait(
                 lines,
                 w,
                 &ctx.stop_accepting,
                 handle.current().id,
-                &handle.shared.ticketer,
+                Secrets {
+                    tickets: &handle.shared.ticketer,
+                    sessions,
+                },
             )
             .await;
         let report = match &result {
@@ -387,7 +413,7 @@ impl Upgrader {
         w: &mut OwnedWriteHalf,
         stop_accepting: &CancellationToken,
         generation: u64,
-        tickets: &crate::tickets::TicketKeys,
+        secrets: Secrets<'_>,
     ) -> std::io::Result<Result<Ready, String>>
     where
         R: tokio::io::AsyncBufRead + Unpin,
@@ -407,14 +433,16 @@ impl Upgrader {
             write_line(w, &json!({ "error": reason })).await?;
             return Ok(Err(reason));
         }
-        // Holds the ticket keys: erased once sent.
-        let mut text = zeroize::Zeroizing::new(
+        // Holds the ticket keys and sessions: erased once sent.
+        let sessions = secrets.sessions.map(|s| s.export(SESSIONS_BUDGET));
+        let mut text = Zeroizing::new(
             json!({
                 "listeners": listeners.iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>(),
                 "admin": admin.as_ref().map(|(a, _)| a.to_string()),
                 "generation": generation,
                 "pid": std::process::id(),
-                "tickets": tickets.export().as_str(),
+                "tickets": secrets.tickets.export().as_str(),
+                "sessions": sessions.as_ref().map(crate::tickets::Exported::as_str),
             })
             .to_string(),
         );
@@ -657,7 +685,7 @@ impl Incoming {
             if !wait {
                 return (stream, unread, Ok(Value::Null));
             }
-            match read_line(&mut stream, unread) {
+            match read_line(&mut stream, unread, MAX_REPORT) {
                 Ok((line, rest)) => {
                     let answer = serde_json::from_slice(&line)
                         .map_err(|e| HandOverError(format!("unreadable answer: {e}")));
@@ -684,7 +712,8 @@ fn fetch_blocking(socket: &Path, token: &str) -> Result<Fetched, HandOverError> 
         StdUnixStream::connect(socket).map_err(|e| fail("cannot reach the old process at", &e))?;
     let _ = stream.set_read_timeout(Some(STEP_TIMEOUT));
     let _ = stream.set_write_timeout(Some(STEP_TIMEOUT));
-    let mut request = json!({ "command": "hand-over", "token": token }).to_string();
+    let mut request =
+        json!({ "command": "hand-over", "token": token, "sessions": true }).to_string();
     request.push('\n');
     stream
         .write_all(request.as_bytes())
@@ -714,14 +743,15 @@ fn fetch_blocking(socket: &Path, token: &str) -> Result<Fetched, HandOverError> 
     let first = buf.get(..got.bytes).unwrap_or_default().to_vec();
     // The answer holds the session-ticket keys: its copies are erased.
     zeroize::Zeroize::zeroize(&mut buf);
-    let (line, rest) = read_line(&mut stream, first)?;
-    let line = zeroize::Zeroizing::new(line);
+    let (line, rest) = read_line(&mut stream, first, MAX_ANSWER)?;
     let mut answer: Value = serde_json::from_slice(&line)
         .map_err(|e| HandOverError(format!("unreadable answer from the old process: {e}")))?;
-    let tickets = match answer.get_mut("tickets").map(Value::take) {
+    let mut secret = |name: &str| match answer.get_mut(name).map(Value::take) {
         Some(Value::String(text)) => Some(crate::tickets::Exported::new(text)),
         _ => None,
     };
+    let tickets = secret("tickets");
+    let sessions = secret("sessions");
     if let Some(e) = answer.get("error").and_then(Value::as_str) {
         return Err(HandOverError(format!("the old process refused: {e}")));
     }
@@ -758,6 +788,7 @@ fn fetch_blocking(socket: &Path, token: &str) -> Result<Fetched, HandOverError> 
             .and_then(|p| u32::try_from(p).ok())
             .unwrap_or(0),
         tickets,
+        sessions,
         ..Inherited::default()
     };
     for l in &listeners {
@@ -775,31 +806,82 @@ fn fetch_blocking(socket: &Path, token: &str) -> Result<Fetched, HandOverError> 
     Ok((stream, inherited, rest))
 }
 
-/// Reads up to the first newline; returns the line and what followed it.
+/// Reads up to the first newline, at most `max` bytes; returns the line and
+/// what followed it. The line may hold secrets (ticket keys, sessions):
+/// every buffer it passed through is erased.
 fn read_line(
     stream: &mut StdUnixStream,
-    mut have: Vec<u8>,
-) -> Result<(Vec<u8>, Vec<u8>), HandOverError> {
+    first: Vec<u8>,
+    max: usize,
+) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), HandOverError> {
+    let mut have = Zeroizing::new(first);
+    let mut searched = 0;
+    let mut chunk = Zeroizing::new(vec![0u8; 64 * 1024]);
     loop {
-        if let Some(i) = have.iter().position(|b| *b == b'\n') {
-            let rest = have.split_off(i + 1);
+        if let Some(i) = have[searched..].iter().position(|b| *b == b'\n') {
+            let rest = have.split_off(searched + i + 1);
             have.pop();
             return Ok((have, rest));
         }
-        if have.len() > 64 * 1024 {
+        searched = have.len();
+        if have.len() > max {
             return Err(HandOverError("the old process's answer is too long".into()));
         }
-        let mut chunk = [0u8; 4096];
         match stream.read(&mut chunk) {
             Ok(0) => {
                 return Err(HandOverError("the old process closed the hand-over".into()));
             }
-            Ok(n) => have.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            Ok(n) => {
+                let got = chunk.get(..n).unwrap_or_default();
+                if have.capacity() - have.len() < n {
+                    // Grown by hand: a reallocation would leave the old
+                    // buffer's bytes behind in freed memory.
+                    let mut bigger = Zeroizing::new(Vec::with_capacity((have.len() + n) * 2));
+                    bigger.extend_from_slice(&have);
+                    have = bigger;
+                }
+                have.extend_from_slice(got);
+            }
             Err(e) => {
                 return Err(HandOverError(format!(
                     "no answer from the old process: {e}"
                 )));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line of several MiB (a full session cache) arrives whole, with
+    /// what followed it, however the reads split it; a longer one is
+    /// refused instead of read without end.
+    #[test]
+    fn read_line_takes_long_lines_up_to_its_limit() {
+        let (mut a, mut b) = StdUnixStream::pair().expect("socket pair");
+        let line: Vec<u8> = (0..5_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let sent = line.clone();
+        let writer = std::thread::spawn(move || {
+            a.write_all(&sent).expect("write");
+            a.write_all(b"\n{\"open\": 3}\n").expect("write");
+            a
+        });
+        let (got, rest) = read_line(&mut b, b"".to_vec(), 8 * 1024 * 1024).expect("line");
+        assert!(got.as_slice() == line.as_slice(), "{} bytes", got.len());
+        let mut a = writer.join().expect("writer");
+        // What followed the newline, some of it perhaps still to read.
+        let (next, _) = read_line(&mut b, rest, MAX_REPORT).expect("next line");
+        assert_eq!(next.as_slice(), b"{\"open\": 3}");
+
+        let big = vec![b'x'; 300 * 1024];
+        let writer = std::thread::spawn(move || {
+            let _ = a.write_all(&big);
+        });
+        let err = read_line(&mut b, Vec::new(), MAX_REPORT).expect_err("too long");
+        assert!(err.0.contains("too long"), "{}", err.0);
+        drop(b);
+        let _ = writer.join();
     }
 }

@@ -350,9 +350,22 @@ async fn after_an_upgrade_the_old_process_drains_within_drain_timeout() {
 
 /// A client that resumed with the old process resumes with the new one:
 /// its session ticket opens there, no full handshake.
-async fn resumes_across_an_upgrade(version: &'static rustls::SupportedProtocolVersion) {
+/// A client resumes with the new process what it began with the old one:
+/// by ticket (`session_id_only` false), or, TLS 1.2 only, by session ID (a
+/// client that takes no tickets, like Java 8's).
+async fn resumes_across_an_upgrade(
+    version: &'static rustls::SupportedProtocolVersion,
+    session_id_only: bool,
+) {
     let (site, _backend, bind, mut old) = serving(|b, be| simple_config(b, be, "a")).await;
-    let client = resuming_client(&site, version);
+    let mut client = resuming_client(&site, version);
+    if session_id_only {
+        let mut cfg = (*client).clone();
+        cfg.resumption = cfg
+            .resumption
+            .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOnly);
+        client = std::sync::Arc::new(cfg);
+    }
     let mut first = connected(bind, "localhost", client.clone()).await;
     assert_eq!(
         first.get_ref().1.handshake_kind(),
@@ -368,6 +381,17 @@ async fn resumes_across_an_upgrade(version: &'static rustls::SupportedProtocolVe
     // The new process shares the old one's log.
     old.wait_for("upgrade: took over the session-ticket keys")
         .await;
+    let cache = old
+        .wait_for("upgrade: took over the TLS session cache")
+        .await;
+    // A TLS 1.3 session lives in its ticket alone; a TLS 1.2 one is also
+    // kept in the cache, for a client that resumes by its ID.
+    let kept = if version == &rustls::version::TLS12 {
+        1
+    } else {
+        0
+    };
+    assert!(cache.contains(&format!("sessions={kept}")), "{cache}");
     // Its last connection gone, the old process exits: the next
     // connection can only reach the new one.
     assert!(old.wait_exit().await.success());
@@ -386,12 +410,17 @@ async fn resumes_across_an_upgrade(version: &'static rustls::SupportedProtocolVe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls13_session_resumes_across_an_upgrade() {
-    resumes_across_an_upgrade(&rustls::version::TLS13).await;
+    resumes_across_an_upgrade(&rustls::version::TLS13, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls12_session_resumes_across_an_upgrade() {
-    resumes_across_an_upgrade(&rustls::version::TLS12).await;
+    resumes_across_an_upgrade(&rustls::version::TLS12, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls12_session_id_resumes_across_an_upgrade() {
+    resumes_across_an_upgrade(&rustls::version::TLS12, true).await;
 }
 
 #[tokio::test]
