@@ -180,7 +180,7 @@ pub struct Inherited {
 pub struct Secrets<'a> {
     tickets: &'a crate::tickets::TicketKeys,
     /// `None` when the new process did not ask for them.
-    sessions: Option<&'a crate::sessions::SessionCache>,
+    sessions: Option<Arc<crate::sessions::SessionCache>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -380,7 +380,7 @@ impl Upgrader {
         // Only a new process that says it takes the session cache gets it:
         // an older binary (a downgrade) would refuse so long an answer.
         let sessions = (request.get("sessions") == Some(&Value::Bool(true)))
-            .then_some(&*handle.shared.session_cache);
+            .then(|| handle.shared.session_cache.clone());
         let result = self
             .send_and_wait(
                 lines,
@@ -433,20 +433,30 @@ impl Upgrader {
             write_line(w, &json!({ "error": reason })).await?;
             return Ok(Err(reason));
         }
-        // Holds the ticket keys and sessions: erased once sent.
-        let sessions = secrets.sessions.map(|s| s.export(SESSIONS_BUDGET));
-        let mut text = Zeroizing::new(
-            json!({
-                "listeners": listeners.iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>(),
-                "admin": admin.as_ref().map(|(a, _)| a.to_string()),
-                "generation": generation,
-                "pid": std::process::id(),
-                "tickets": secrets.tickets.export().as_str(),
-                "sessions": sessions.as_ref().map(crate::tickets::Exported::as_str),
-            })
-            .to_string(),
-        );
-        text.push('\n');
+        let mut answer = json!({
+            "listeners": listeners.iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>(),
+            "admin": admin.as_ref().map(|(a, _)| a.to_string()),
+            "generation": generation,
+            "pid": std::process::id(),
+        });
+        let tickets = secrets.tickets.export();
+        // A full session cache is megabytes of text: written off the
+        // runtime, so that open connections do not wait for it.
+        let sessions = secrets.sessions;
+        let text = tokio::task::spawn_blocking(move || {
+            let sessions = sessions.map(|s| s.export(SESSIONS_BUDGET));
+            answer["tickets"] = tickets.as_str().into();
+            answer["sessions"] = sessions
+                .as_ref()
+                .map(crate::tickets::Exported::as_str)
+                .into();
+            // Holds the ticket keys and sessions: erased once sent.
+            let mut text = Zeroizing::new(answer.to_string());
+            text.push('\n');
+            text
+        })
+        .await
+        .map_err(std::io::Error::other)?;
         send_with_fds(w, text.as_bytes(), &fds).await?;
         drop(fds);
         // The new process loads its configuration now; a first load reads
