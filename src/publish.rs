@@ -591,27 +591,17 @@ fn publish_pair(
         }
     }
     let rw = Rewrite::new(&site, std::str::from_utf8(&old)?, &inputs, dry_run, config)?;
-    let (new, edits, store_dir) = (&rw.text, &rw.edits, &rw.store_dir);
-    if new.as_bytes() == old.as_slice() {
-        println!(
+    let unchanged = || {
+        format!(
             "{}: listener {listener} certificate {index} already is this certificate and key; nothing to change",
             config.display()
-        );
-        if dry_run {
-            return Ok(Change::Nothing);
-        }
-        // Still make sure the store copies are intact, and that the daemon
-        // serves them (a previous publish may have stopped before asking).
-        store_inputs(&site, &inputs, store_dir)?;
-        return Ok(Change::AlreadyLive);
-    }
-    let staged = store_inputs(&site, &inputs, store_dir)?;
-    checkpoint("store");
-    let result = activate(&site, Some(&old), rw.candidate.as_bytes(), &staged, dry_run);
-    if dry_run {
-        let _ = std::fs::remove_dir_all(store_dir);
-    }
-    let candidate = result?;
+        )
+    };
+    let candidate = match rw.activate(&site, Some(&old), &inputs, dry_run, unchanged)? {
+        Ok(c) => c,
+        Err(change) => return Ok(change),
+    };
+    let edits = &rw.edits;
     let before = &current.listeners[li].tls.certificates[ci];
     println!(
         "{} {}: listener {listener} certificate {index}",
@@ -658,6 +648,35 @@ struct Rewrite {
 }
 
 impl Rewrite {
+    /// Stores `inputs` and activates the new text over `old`. `Err` when
+    /// the file already is this text: then nothing is activated (`unchanged`
+    /// says so), but the store copies are still made sure of and the
+    /// daemon is still asked (a previous run may have stopped before).
+    fn activate(
+        &self,
+        site: &Site,
+        old: Option<&[u8]>,
+        inputs: &[Input],
+        dry_run: bool,
+        unchanged: impl FnOnce() -> String,
+    ) -> Result<Result<Candidate, Change>, Stop> {
+        if old == Some(self.text.as_bytes()) {
+            println!("{}", unchanged());
+            if dry_run {
+                return Ok(Err(Change::Nothing));
+            }
+            store_inputs(site, inputs, &self.store_dir)?;
+            return Ok(Err(Change::AlreadyLive));
+        }
+        let staged = store_inputs(site, inputs, &self.store_dir)?;
+        checkpoint("store");
+        let result = activate(site, old, self.candidate.as_bytes(), &staged, dry_run);
+        if dry_run {
+            let _ = std::fs::remove_dir_all(&self.store_dir);
+        }
+        result.map(Ok)
+    }
+
     fn new(
         site: &Site,
         source: &str,
@@ -709,31 +728,16 @@ fn publish_from(config: &Path, new_path: &Path, dry_run: bool) -> Result<Change,
         inputs.push(read_input(s.slot, path, kind)?);
     }
     let rw = Rewrite::new(&site, text, &inputs, dry_run, new_path)?;
-    let (new, store_dir) = (&rw.text, &rw.store_dir);
-    if old.as_deref() == Some(new.as_bytes()) {
-        println!(
+    let unchanged = || {
+        format!(
             "{}: already is this configuration; nothing to change",
             config.display()
-        );
-        if dry_run {
-            return Ok(Change::Nothing);
-        }
-        store_inputs(&site, &inputs, store_dir)?;
-        return Ok(Change::AlreadyLive);
-    }
-    let staged = store_inputs(&site, &inputs, store_dir)?;
-    checkpoint("store");
-    let result = activate(
-        &site,
-        old.as_deref(),
-        rw.candidate.as_bytes(),
-        &staged,
-        dry_run,
-    );
-    if dry_run {
-        let _ = std::fs::remove_dir_all(store_dir);
-    }
-    let candidate = result?;
+        )
+    };
+    let candidate = match rw.activate(&site, old.as_deref(), &inputs, dry_run, unchanged)? {
+        Ok(c) => c,
+        Err(change) => return Ok(change),
+    };
     println!(
         "{} {} as {} ({} file{} copied into {STORE_DIR}/)",
         if dry_run {
