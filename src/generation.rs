@@ -47,6 +47,8 @@ pub struct ListenerStats {
     /// Open connections, for the listener's `max_connections`.
     pub open: AtomicUsize,
     pub handshakes_ok: AtomicU64,
+    /// Of `handshakes_ok`, those that resumed a session.
+    pub handshakes_resumed: AtomicU64,
     pub handshakes_failed: AtomicU64,
     pub handshake_timeouts: AtomicU64,
     pub bytes_from_clients: AtomicU64,

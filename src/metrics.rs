@@ -200,6 +200,7 @@ impl Metrics {
             not_after,
         );
         let handshakes: Family<Labels, Counter> = Family::default();
+        let resumed: Family<Labels, Counter> = Family::default();
         let bytes: Family<Labels, Counter> = Family::default();
         let ended: Family<Labels, Counter> = Family::default();
         for (name, c) in handle.shared.all_listener_stats() {
@@ -211,6 +212,9 @@ impl Metrics {
                     ])
                     .inc_by(v.load(Ordering::Relaxed));
             }
+            resumed
+                .get_or_create(&vec![("listener".to_string(), name.clone())])
+                .inc_by(c.handshakes_resumed.load(Ordering::Relaxed));
             for (result, v) in [
                 ("ok", &c.handshakes_ok),
                 ("failed", &c.handshakes_failed),
@@ -239,6 +243,11 @@ impl Metrics {
             "stayup_handshakes",
             "TLS handshakes by listener and result",
             handshakes,
+        );
+        r.register(
+            "stayup_handshakes_resumed",
+            "Of the successful TLS handshakes, those that resumed a session (by ticket or session ID)",
+            resumed,
         );
         r.register(
             "stayup_bytes",

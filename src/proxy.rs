@@ -53,6 +53,8 @@ impl std::error::Error for BindError {}
 #[derive(Debug, Default)]
 pub struct Counters {
     pub handshakes_ok: AtomicU64,
+    /// Of `handshakes_ok`, those that resumed a session (ticket or ID).
+    pub handshakes_resumed: AtomicU64,
     pub handshakes_failed: AtomicU64,
     pub handshake_timeouts: AtomicU64,
     pub backend_failures: AtomicU64,
@@ -583,6 +585,12 @@ async fn handle(
     };
     ctx.counters.handshakes_ok.fetch_add(1, Ordering::Relaxed);
     own.handshakes_ok.fetch_add(1, Ordering::Relaxed);
+    if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+        ctx.counters
+            .handshakes_resumed
+            .fetch_add(1, Ordering::Relaxed);
+        own.handshakes_resumed.fetch_add(1, Ordering::Relaxed);
+    }
     if let Some(seen) = seen.tls.as_mut() {
         let conn = tls.get_ref().1;
         seen.handshake_ms = Some(millis(started.elapsed()));

@@ -230,6 +230,7 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
         "connections": {
             "active": ctx.total_open.load(Ordering::Relaxed),
             "handshakes_ok": c.handshakes_ok.load(Ordering::Relaxed),
+            "handshakes_resumed": c.handshakes_resumed.load(Ordering::Relaxed),
             "handshakes_failed": c.handshakes_failed.load(Ordering::Relaxed),
             "handshake_timeouts": c.handshake_timeouts.load(Ordering::Relaxed),
             "backend_failures": c.backend_failures.load(Ordering::Relaxed),

@@ -96,6 +96,11 @@ async fn metrics_follow_committed_and_rejected_reloads() {
         ),
         Some(0.0)
     );
+    // Each connection has a client of its own: nothing resumed.
+    assert_eq!(
+        metric(&m, "stayup_handshakes_resumed_total{listener=\"web\"}"),
+        Some(0.0)
+    );
     let m = wait_metric(
         admin,
         "stayup_bytes_total{listener=\"web\",direction=\"from_client\"}",

@@ -405,6 +405,10 @@ async fn resumes_across_an_upgrade(
     );
     echo_round_trip(&mut second, b"second").await;
     drop(second);
+    // The new process counts it as resumed: its first and only handshake.
+    let status = status_json(&site.config).await;
+    assert_eq!(status["connections"]["handshakes_ok"], 1, "{status}");
+    assert_eq!(status["connections"]["handshakes_resumed"], 1, "{status}");
     upgraded.stop().await;
 }
 
