@@ -303,6 +303,19 @@ pub fn print_status(s: &Value) {
         Some(_) => println!("keepalive  off{user_timeout}"),
         None => {}
     }
+    if let Some(c) = s.get("connections").filter(|c| c.is_object()) {
+        let n = |key: &str| c.get(key).and_then(Value::as_u64).unwrap_or(0);
+        println!(
+            "handshakes {} ok ({} resumed), {} failed, {} timed out; connections {} open, {} backend failures, {} refused over a limit",
+            n("handshakes_ok"),
+            n("handshakes_resumed"),
+            n("handshakes_failed"),
+            n("handshake_timeouts"),
+            n("active"),
+            n("backend_failures"),
+            n("refused_over_limit")
+        );
+    }
     for l in s
         .get("listeners")
         .and_then(Value::as_array)

@@ -409,6 +409,12 @@ async fn resumes_across_an_upgrade(
     let status = status_json(&site.config).await;
     assert_eq!(status["connections"]["handshakes_ok"], 1, "{status}");
     assert_eq!(status["connections"]["handshakes_resumed"], 1, "{status}");
+    let (code, human, _) = stayup(&["status", "--config", site.config.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        human.contains("handshakes 1 ok (1 resumed), 0 failed"),
+        "{human}"
+    );
     upgraded.stop().await;
 }
 
