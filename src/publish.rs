@@ -508,7 +508,7 @@ async fn finish(config: &Path, change: Change, daemon: Result<DaemonLink, String
                     None => println!("{kept}"),
                     Some(previous) => match put_back(config, &previous, &published) {
                         Ok(()) => println!(
-                            "put the previous {} back in place: the file is again the one that is served (the rejected one stays in `stayup history`)",
+                            "put the previous {} back in place, as it was before (the rejected one stays in `stayup history`)",
                             config.display()
                         ),
                         Err(Stop(why)) => {
