@@ -32,6 +32,8 @@ pub struct Shared {
     pub provider: Arc<CryptoProvider>,
     pub session_cache: Arc<crate::sessions::SessionCache>,
     pub ticketer: Arc<crate::tickets::TicketKeys>,
+    /// The certificate pairs of the last load, for the next one.
+    pub pairs: crate::material::PairCache,
     /// Each listener's counts by name, across generations.
     listener_stats: Mutex<HashMap<String, Arc<ListenerStats>>>,
     /// Open connections over every listener.
@@ -79,6 +81,7 @@ impl Shared {
                 crate::sessions::CAPACITY,
             )),
             ticketer: Arc::new(crate::tickets::TicketKeys::new()?),
+            pairs: crate::material::PairCache::default(),
             listener_stats: Mutex::new(HashMap::new()),
             total_connections: Arc::new(AtomicUsize::new(0)),
             live: Mutex::new(Vec::new()),

@@ -7,12 +7,12 @@
 //! another certificate. Each failure names the file. Messages describe key
 //! files by their PEM labels only; key bytes never reach a message.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls::RootCertStore;
@@ -353,32 +353,90 @@ pub struct Material {
     pub files: Vec<FileDigest>,
 }
 
+/// Certificate pairs already validated, by the SHA-256 of their two files.
+/// A reload reads every file again, but parses and loads again only the
+/// pairs whose bytes changed: with thousands of certificates, parsing and
+/// loading each key was most of a reload. What depends on more than the
+/// bytes (the key file's permissions, the validity period against the
+/// clock, the names a configuration asks for) is checked on every load.
+/// Holds the pairs of the last load that completed.
+#[derive(Default)]
+pub struct PairCache(Mutex<HashMap<PairDigest, Arc<Parsed>>>);
+
+type PairDigest = ([u8; 32], [u8; 32]);
+
+impl fmt::Debug for PairCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.lock().map(|m| m.len()).unwrap_or(0);
+        write!(f, "PairCache({n} pairs)")
+    }
+}
+
+/// A pair as its bytes make it, before the checks against the clock.
+struct Parsed {
+    cert: LoadedCert,
+    /// As the errors show them.
+    not_before: String,
+    not_after: String,
+}
+
 /// Reads and cross-validates every file `config` references, at time `now`.
 pub fn load(
     config: &Config,
     provider: &CryptoProvider,
     now: SystemTime,
 ) -> Result<Material, MaterialError> {
+    load_with(config, provider, now, &PairCache::default())
+}
+
+/// [`load`], reusing the pairs `cache` holds whose files have not changed.
+pub fn load_with(
+    config: &Config,
+    provider: &CryptoProvider,
+    now: SystemTime,
+    cache: &PairCache,
+) -> Result<Material, MaterialError> {
+    let known = std::mem::take(&mut *cache.0.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut used = HashMap::new();
+    let result = load_pairs(config, provider, now, &known, &mut used);
+    // Only the pairs this load used are kept, once it completes: the cache
+    // never outgrows the configuration.
+    if result.is_err() {
+        used.extend(known);
+    }
+    *cache.0.lock().unwrap_or_else(|p| p.into_inner()) = used;
+    result
+}
+
+fn load_pairs(
+    config: &Config,
+    provider: &CryptoProvider,
+    now: SystemTime,
+    known: &HashMap<PairDigest, Arc<Parsed>>,
+    used: &mut HashMap<PairDigest, Arc<Parsed>>,
+) -> Result<Material, MaterialError> {
     let mut files: Vec<FileDigest> = Vec::new();
     // Each file once, in the order first referenced; looked up by hash, not
     // by scanning `files` (with thousands of certificates that scan was
     // half of a reload).
     let mut seen: HashSet<PathBuf> = HashSet::new();
-    let mut read = |path: &Path, what: &'static str| -> Result<Vec<u8>, MaterialError> {
-        let bytes =
-            read_capped(path, MAX_MATERIAL_BYTES).map_err(|reason| MaterialError::Read {
-                file: path.to_path_buf(),
-                what,
-                reason,
-            })?;
-        if seen.insert(path.to_path_buf()) {
-            files.push(FileDigest {
-                path: path.to_path_buf(),
-                sha256: sha256(&bytes),
-            });
-        }
-        Ok(bytes)
-    };
+    let mut read =
+        |path: &Path, what: &'static str| -> Result<(Vec<u8>, [u8; 32]), MaterialError> {
+            let bytes =
+                read_capped(path, MAX_MATERIAL_BYTES).map_err(|reason| MaterialError::Read {
+                    file: path.to_path_buf(),
+                    what,
+                    reason,
+                })?;
+            let digest = sha256(&bytes);
+            if seen.insert(path.to_path_buf()) {
+                files.push(FileDigest {
+                    path: path.to_path_buf(),
+                    sha256: digest,
+                });
+            }
+            Ok((bytes, digest))
+        };
     let now_secs = now
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -390,17 +448,36 @@ pub fn load(
             if !config.limits.allow_insecure_key_permissions {
                 check_key_permissions(&c.key)?;
             }
-            let cert_bytes = read(&c.cert, "certificate")?;
-            let key_bytes = read(&c.key, "private key")?;
-            let loaded = load_pair(
-                &l.name,
-                &c.cert,
-                &cert_bytes,
-                &c.key,
-                &key_bytes,
-                provider,
-                now_secs,
-            )?;
+            let (cert_bytes, cert_digest) = read(&c.cert, "certificate")?;
+            let (key_bytes, key_digest) = read(&c.key, "private key")?;
+            let digest = (cert_digest, key_digest);
+            let parsed = match used.get(&digest).or_else(|| known.get(&digest)) {
+                Some(p) => p.clone(),
+                None => Arc::new(load_pair(
+                    &c.cert,
+                    &cert_bytes,
+                    &c.key,
+                    &key_bytes,
+                    provider,
+                )?),
+            };
+            used.insert(digest, parsed.clone());
+            let validity = &parsed.cert.info;
+            if validity.not_after < now_secs {
+                return Err(MaterialError::Expired {
+                    file: c.cert.clone(),
+                    not_after: parsed.not_after.clone(),
+                });
+            }
+            if validity.not_before > now_secs {
+                return Err(MaterialError::NotYetValid {
+                    file: c.cert.clone(),
+                    not_before: parsed.not_before.clone(),
+                });
+            }
+            let mut loaded = parsed.cert.clone();
+            loaded.info.listener = l.name.clone();
+            loaded.info.cert_path = c.cert.clone();
             for name in &c.names {
                 if !covers(&loaded.dns_names, &loaded.info.sans, name) {
                     return Err(MaterialError::NameNotCovered {
@@ -414,7 +491,7 @@ pub fn load(
         let client_ca = match &l.tls.client_ca {
             None => None,
             Some(path) => {
-                let bytes = read(path, "client CA bundle")?;
+                let (bytes, _) = read(path, "client CA bundle")?;
                 Some(Arc::new(load_client_ca(path, &bytes)?))
             }
         };
@@ -547,16 +624,14 @@ fn format_time(t: &ASN1Time) -> String {
     t.to_rfc2822().unwrap_or_else(|_| t.timestamp().to_string())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Everything about a pair that its bytes decide (see [`PairCache`]).
 fn load_pair(
-    listener: &str,
     cert_path: &Path,
     cert_bytes: &[u8],
     key_path: &Path,
     key_bytes: &[u8],
     provider: &CryptoProvider,
-    now: i64,
-) -> Result<LoadedCert, MaterialError> {
+) -> Result<Parsed, MaterialError> {
     let chain = parse_certs(cert_path, cert_bytes, "certificate")?;
 
     // Parse every certificate of the chain; the leaf gets the full checks.
@@ -648,18 +723,6 @@ fn load_pair(
         });
     }
     let validity = leaf.validity();
-    if validity.not_after.timestamp() < now {
-        return Err(MaterialError::Expired {
-            file: cert_path.to_path_buf(),
-            not_after: format_time(&validity.not_after),
-        });
-    }
-    if validity.not_before.timestamp() > now {
-        return Err(MaterialError::NotYetValid {
-            file: cert_path.to_path_buf(),
-            not_before: format_time(&validity.not_before),
-        });
-    }
 
     let mut sans = Vec::new();
     let mut dns_names = Vec::new();
@@ -686,7 +749,8 @@ fn load_pair(
     }
 
     let info = CertInfo {
-        listener: listener.to_string(),
+        // Set by `load_pairs`: the same pair may serve several listeners.
+        listener: String::new(),
         cert_path: cert_path.to_path_buf(),
         subject: leaf.subject().to_string(),
         sans,
@@ -694,10 +758,14 @@ fn load_pair(
         not_after: validity.not_after.timestamp(),
         fingerprint: hex::encode(sha256(chain[0].as_ref())),
     };
-    Ok(LoadedCert {
-        certified: Arc::new(certified),
-        info,
-        dns_names,
+    Ok(Parsed {
+        cert: LoadedCert {
+            certified: Arc::new(certified),
+            info,
+            dns_names,
+        },
+        not_before: format_time(&validity.not_before),
+        not_after: format_time(&validity.not_after),
     })
 }
 
@@ -747,7 +815,84 @@ fn load_client_ca(path: &Path, bytes: &[u8]) -> Result<RootCertStore, MaterialEr
 
 #[cfg(test)]
 mod tests {
-    use super::key_mode_is_private;
+    use super::*;
+
+    /// A configuration of listeners `web` and `api` serving `a.pem` from
+    /// `dir`, and the provider.
+    fn site(dir: &Path) -> (Config, CryptoProvider) {
+        let yaml = r#"listeners:
+  - name: web
+    bind: "127.0.0.1:1"
+    backend: "127.0.0.1:2"
+    tls:
+      certificates:
+        - cert: a.pem
+          key: a.key
+  - name: api
+    bind: "127.0.0.1:3"
+    backend: "127.0.0.1:2"
+    tls:
+      certificates:
+        - cert: a.pem
+          key: a.key
+          names: [a.example]
+"#;
+        let path = dir.join("stayup.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        let config = Config::parse(&path, yaml.as_bytes()).expect("config");
+        (config, rustls::crypto::aws_lc_rs::default_provider())
+    }
+
+    fn issue(dir: &Path, ca: &crate::pki::Ca, name: &str) {
+        ca.leaf(&crate::pki::LeafSpec::server(&[name]))
+            .expect("leaf")
+            .write(&dir.join("a.pem"), &dir.join("a.key"))
+            .expect("write pair");
+    }
+
+    #[test]
+    fn a_reload_reuses_unchanged_pairs_and_still_checks_the_clock_and_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = crate::pki::Ca::new("cache test CA").expect("CA");
+        issue(dir.path(), &ca, "a.example");
+        let (config, provider) = site(dir.path());
+        let cache = PairCache::default();
+        let now = SystemTime::now();
+        let first = load_with(&config, &provider, now, &cache).expect("first load");
+        let cert = |m: &Material, l: usize| m.listeners[l].certs[0].clone();
+        // One pair in two listeners: parsed once, each with its own listener.
+        assert!(Arc::ptr_eq(
+            &cert(&first, 0).certified,
+            &cert(&first, 1).certified
+        ));
+        assert_eq!(cert(&first, 1).info.listener, "api");
+
+        let again = load_with(&config, &provider, now, &cache).expect("second load");
+        assert!(Arc::ptr_eq(
+            &cert(&first, 0).certified,
+            &cert(&again, 0).certified
+        ));
+        assert_eq!(cert(&again, 0).info.listener, "web");
+
+        // The same bytes, later than they are valid: expired all the same.
+        let later = now + std::time::Duration::from_secs(10 * 365 * 86400);
+        let err = load_with(&config, &provider, later, &cache).expect_err("expired");
+        assert!(matches!(err, MaterialError::Expired { .. }), "{err}");
+
+        // New bytes under the same names: parsed again, and the names the
+        // configuration asks for are checked against them.
+        issue(dir.path(), &ca, "b.example");
+        let err = load_with(&config, &provider, now, &cache).expect_err("names");
+        assert!(matches!(err, MaterialError::NameNotCovered { .. }), "{err}");
+        issue(dir.path(), &ca, "a.example");
+        let fresh = load_with(&config, &provider, now, &cache).expect("third load");
+        assert!(!Arc::ptr_eq(
+            &cert(&first, 0).certified,
+            &cert(&fresh, 0).certified
+        ));
+        // Only the pairs of the last load are kept.
+        assert_eq!(cache.0.lock().expect("cache").len(), 1);
+    }
 
     #[test]
     fn a_key_is_private_to_its_owner_or_to_root_and_its_group() {

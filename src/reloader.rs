@@ -102,7 +102,7 @@ pub fn load_candidate(
 ) -> Result<Candidate, LoadError> {
     let bytes = read_config_bytes(path)?;
     let config = Config::parse(path, &bytes)?;
-    let material = material::load(&config, &shared.provider, now)?;
+    let material = material::load_with(&config, &shared.provider, now, &shared.pairs)?;
     let identity = Identity {
         config_path: path.to_path_buf(),
         config_sha256: material::sha256(&bytes),
