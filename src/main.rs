@@ -298,9 +298,9 @@ fn run(config: PathBuf) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    // Before the commit's own log line, so that it is already written the
-    // new way.
-    // (the format in effect, the settings the filter was last made for)
+    // Runs before the commit's own log line, so that it is already written
+    // the new way. Tracks (the format in effect, the settings the filter
+    // was last made for).
     let applied = std::sync::Mutex::new((format, None));
     let hooks: Vec<CommitHook> = vec![Box::new(move |g: &Generation| {
         let mut applied = applied.lock().unwrap_or_else(|p| p.into_inner());
@@ -310,12 +310,12 @@ fn run(config: PathBuf) -> ExitCode {
             *format = log.format;
             let _ = logging.format.reload(format_layer(log.format));
         }
-        if let Some(filter) = &logging.filter
-            && filtered.as_ref() != Some(log)
-        {
-            let _ = filter.modify(|f| *f = filter_for(log));
+        if filtered.as_ref() != Some(log) {
+            if let Some(filter) = &logging.filter {
+                let _ = filter.modify(|f| *f = filter_for(log));
+            }
+            *filtered = Some(log.clone());
         }
-        *filtered = Some(log.clone());
     })];
     runtime(async move {
         match stayup::daemon::run(config, shared, hooks, stayup::daemon::terminate_signal()).await {

@@ -44,9 +44,9 @@ struct Key {
     aead: RandomizedNonceKey,
 }
 
-/// Keys as [`TicketKeys::export`] gives them: text that holds key
-/// material, for the process that takes over and nowhere else. Erased when
-/// dropped; `Debug` does not show it.
+/// Secrets as [`TicketKeys::export`] (and `SessionCache::export`) give
+/// them: text that holds key material, for the process that takes over and
+/// nowhere else. Erased when dropped; `Debug` does not show it.
 pub struct Exported(Zeroizing<String>);
 
 impl Exported {

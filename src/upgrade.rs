@@ -66,7 +66,7 @@ const MAX_FDS: usize = 253;
 const SESSIONS_BUDGET: usize = 16 * 1024 * 1024;
 /// The longest answer line a new process reads.
 const MAX_ANSWER: usize = SESSIONS_BUDGET + 1024 * 1024;
-/// The longest report line the old process's side expects.
+/// The longest answer the old process gives to a report of the new one.
 const MAX_REPORT: usize = 64 * 1024;
 
 /// Why an upgrade did not take place. The old process keeps serving.
