@@ -132,6 +132,7 @@ pub fn oldest_draining(
 pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
     let g = handle.current();
     let now = SystemTime::now();
+    let bound = ctx.local_addrs();
     let listeners: Vec<Value> = g
         .listeners
         .iter()
@@ -140,6 +141,8 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
             json!({
                 "name": l.name,
                 "bind": l.bind.to_string(),
+                // The address clients reach: differs from `bind` for port 0.
+                "bound": bound.get(&l.bind).unwrap_or(&l.bind).to_string(),
                 "backend": l.backend.to_string(),
                 "backend_proxy_protocol": l.backend_proxy_protocol.to_string(),
                 "client_auth": configured.is_some_and(|c| c.tls.client_ca.is_some()),
@@ -331,10 +334,15 @@ pub fn print_status(s: &Value) {
         } else {
             ""
         };
+        let (bind, bound) = (str_of(l, "bind"), str_of(l, "bound"));
+        let address = if bound.is_empty() || bound == bind {
+            bind
+        } else {
+            format!("{bind} (bound {bound})")
+        };
         println!(
-            "listener   {}: {} -> {}{proxy_protocol}{tls13_only}",
+            "listener   {}: {address} -> {}{proxy_protocol}{tls13_only}",
             str_of(l, "name"),
-            str_of(l, "bind"),
             str_of(l, "backend")
         );
     }

@@ -212,6 +212,7 @@ async fn status_json_shape() {
     assert!(s["loaded_at"].as_str().is_some_and(|t| t.ends_with('Z')));
     assert_eq!(s["listeners"][0]["name"], "web");
     assert_eq!(s["listeners"][0]["bind"], bind.to_string());
+    assert_eq!(s["listeners"][0]["bound"], bind.to_string());
     assert_eq!(s["listeners"][0]["backend"], backend.addr.to_string());
     let cert = &s["certificates"][0];
     assert_eq!(cert["listener"], "web");

@@ -95,6 +95,11 @@ async fn demo_rotates_under_an_open_session_and_cleans_up() {
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{status:?}: {printed}");
     assert!(printed.contains("generation"), "{printed}");
+    // The demo listens on port 0: status names the port clients really reach.
+    assert!(
+        printed.contains(&format!(":0 (bound {addr})")),
+        "status does not show the bound address {addr}: {printed}"
+    );
 
     // Two rotations, each a committed generation with a new certificate.
     let mut seen = Vec::new();

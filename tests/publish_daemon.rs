@@ -144,9 +144,10 @@ async fn a_whole_file_the_daemon_rejects_exits_1_and_the_old_file_and_generation
     )
     .replace("certs/", "../certs/");
     let new_path = site.write("next/new.yaml", new);
-    let (code, out, err) = tokio::task::spawn_blocking({
+    let publish_new = || {
         let config = site.config.clone();
-        move || {
+        let new_path = new_path.clone();
+        tokio::task::spawn_blocking(move || {
             stayup_env(
                 &[
                     "publish",
@@ -157,10 +158,9 @@ async fn a_whole_file_the_daemon_rejects_exits_1_and_the_old_file_and_generation
                 ],
                 &[],
             )
-        }
-    })
-    .await
-    .expect("publish task");
+        })
+    };
+    let (code, out, err) = publish_new().await.expect("publish task");
     assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
     assert!(
         out.contains("daemon: rejected; generation 1 keeps serving"),
@@ -200,6 +200,93 @@ async fn a_whole_file_the_daemon_rejects_exits_1_and_the_old_file_and_generation
         !rejected.contains("../certs/") && rejected.contains("store/"),
         "{rejected}"
     );
+
+    // The rejected file renamed into place by hand (watch is off: nothing
+    // reloads), then published again: already the content on disk, yet not
+    // what is served. The daemon is asked, rejects it again, and publish
+    // says so and how to get back, instead of "nothing to change".
+    let staged = site.path("rejected.yaml.tmp");
+    std::fs::write(&staged, &rejected).expect("write");
+    std::fs::rename(&staged, &site.config).expect("rename into place");
+    let (code, out, err) = publish_new().await.expect("publish task");
+    assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        out.contains("daemon: rejected; generation 1 keeps serving"),
+        "{out}"
+    );
+    assert!(
+        out.contains("was already this content and is not what is served")
+            && out.contains("`stayup rollback`"),
+        "{out}"
+    );
+    let line = d.outcome().await;
+    assert!(line.contains("reload rejected"), "{line}");
+    assert_eq!(
+        fingerprint_at(bind, "localhost", site.client()).await,
+        a.fingerprint()
+    );
     drop(taken);
+    assert!(d.stop().await.success());
+}
+
+/// A whole new file prepared in another folder: the certificates it names
+/// are read beside it, but its relative control socket is not rewritten and
+/// means what it says beside the live file, where the new file lands. So
+/// publish reaches the running daemon there, and the socket stays put.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_file_from_elsewhere_keeps_its_relative_control_socket_beside_the_live_file() {
+    let site = Site::new();
+    let backend = EchoBackend::start().await;
+    site.cert("a", &["localhost"]);
+    let b = site.cert("b", &["localhost"]);
+    let bind = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let with_socket =
+        |yaml: String| yaml.replace("reload:\n", "control:\n  socket: run/ctl.sock\nreload:\n");
+    std::fs::create_dir_all(site.path("run")).expect("mkdir run");
+    site.publish(&with_socket(simple_config(bind, backend.addr, "a")));
+    let mut d = Daemon::start(&site.config).await;
+    assert!(site.path("run/ctl.sock").exists());
+
+    // Beside the new file there is a folder of that name too, so resolving
+    // the socket there would not fail for want of a folder.
+    std::fs::create_dir_all(site.path("next/run")).expect("mkdir next/run");
+    let new_path = site.write(
+        "next/new.yaml",
+        with_socket(simple_config(bind, backend.addr, "b")).replace("certs/", "../certs/"),
+    );
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let config = site.config.clone();
+        move || {
+            stayup_env(
+                &[
+                    "publish",
+                    "--config",
+                    config.to_str().unwrap(),
+                    "--from",
+                    new_path.to_str().unwrap(),
+                ],
+                &[],
+            )
+        }
+    })
+    .await
+    .expect("publish task");
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        out.contains("daemon: committed generation 2 (was 1)"),
+        "{out}"
+    );
+    let line = d.outcome().await;
+    assert!(line.contains("reload committed generation=2"), "{line}");
+    assert_eq!(
+        fingerprint_at(bind, "localhost", site.client()).await,
+        b.fingerprint()
+    );
+    let text = std::fs::read_to_string(&site.config).expect("config");
+    assert!(text.contains("socket: run/ctl.sock"), "{text}");
+    assert!(!text.contains("../certs/"), "{text}");
+    assert!(site.path("run/ctl.sock").exists());
+    assert!(!site.path("next/run/ctl.sock").exists());
+    assert_eq!(status_json(&site.config).await["generation"], 2);
     assert!(d.stop().await.success());
 }
