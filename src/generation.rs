@@ -29,7 +29,11 @@ use crate::material::{CertInfo, FileDigest, LoadedCert, Material};
 /// session after a reload still can (and after an upgrade: see `sessions`
 /// and `tickets`).
 pub struct Shared {
+    /// Cipher suites in the provider's order: what a client that puts
+    /// ChaCha20 first gets its pick from (see `suites`).
     pub provider: Arc<CryptoProvider>,
+    /// The same with stayup's order of cipher suites, AES-128-GCM first.
+    pub provider_aes128_first: Arc<CryptoProvider>,
     pub session_cache: Arc<crate::sessions::SessionCache>,
     pub ticketer: Arc<crate::tickets::TicketKeys>,
     /// The certificate pairs of the last load, for the next one.
@@ -76,6 +80,7 @@ impl Shared {
         provider: Arc<CryptoProvider>,
     ) -> Result<Arc<Shared>, crate::tickets::TicketKeysError> {
         Ok(Arc::new(Shared {
+            provider_aes128_first: Arc::new(crate::suites::aes128_first(&provider)),
             provider,
             session_cache: Arc::new(crate::sessions::SessionCache::new(
                 crate::sessions::CAPACITY,
@@ -246,7 +251,7 @@ pub struct ListenerRuntime {
     pub name: String,
     pub bind: SocketAddr,
     pub backend: Backend,
-    pub tls: Arc<ServerConfig>,
+    pub tls: crate::suites::ListenerTls,
     pub handshake_timeout: Duration,
     pub max_connections: usize,
     /// Shared with every other generation's listener of the same name, so
@@ -315,29 +320,21 @@ impl Generation {
                 file,
                 reason,
             };
-            let builder = ServerConfig::builder_with_provider(shared.provider.clone())
-                .with_protocol_versions(match l.tls.min_version {
-                    TlsVersion::Tls12 => TLS12_AND_13,
-                    TlsVersion::Tls13 => TLS13_ONLY,
-                })
-                .map_err(|e| err(None, e.to_string()))?;
-            let builder = match &m.client_ca {
-                Some(roots) => {
-                    let verifier = WebPkiClientVerifier::builder_with_provider(
+            let verifier = match &m.client_ca {
+                Some(roots) => Some(
+                    WebPkiClientVerifier::builder_with_provider(
                         roots.clone(),
                         shared.provider.clone(),
                     )
                     .build()
-                    .map_err(|e| err(l.tls.client_ca.clone(), format!("client CA: {e}")))?;
-                    builder.with_client_cert_verifier(verifier)
-                }
-                None => builder.with_no_client_auth(),
+                    .map_err(|e| err(l.tls.client_ca.clone(), format!("client CA: {e}")))?,
+                ),
+                None => None,
             };
-            let mut tls = builder.with_cert_resolver(Arc::new(SniResolver::new(&m.certs)));
-            tls.alpn_protocols = l.tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-            if l.tls.session_resumption {
-                // Resumption survives reloads, but never across listeners or a
-                // change of client CA (see `resumption`).
+            let resolver = Arc::new(SniResolver::new(&m.certs));
+            // Resumption survives reloads, but never across listeners or a
+            // change of client CA (see `resumption`).
+            let resumption = l.tls.session_resumption.then(|| {
                 let ca_digest = l.tls.client_ca.as_ref().map(|p| {
                     identity
                         .files
@@ -347,27 +344,57 @@ impl Generation {
                         .unwrap_or_default()
                 });
                 let scope = crate::resumption::scope(&l.name, ca_digest.as_ref());
-                tls.session_storage = Arc::new(crate::resumption::ScopedSessions::new(
-                    shared.session_cache.clone(),
-                    scope,
-                ));
-                tls.ticketer = Arc::new(crate::resumption::ScopedTickets::new(
-                    shared.ticketer.clone(),
-                    scope,
-                ));
-            } else {
-                // The builder's ticketer never produces tickets; with no
-                // session storage and no TLS 1.3 tickets sent, nothing can resume.
-                tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-                tls.send_tls13_tickets = 0;
-            }
+                (
+                    Arc::new(crate::resumption::ScopedSessions::new(
+                        shared.session_cache.clone(),
+                        scope,
+                    )),
+                    Arc::new(crate::resumption::ScopedTickets::new(
+                        shared.ticketer.clone(),
+                        scope,
+                    )),
+                )
+            });
+            let build = |provider: &Arc<CryptoProvider>, ours: bool| {
+                let builder = ServerConfig::builder_with_provider(provider.clone())
+                    .with_protocol_versions(match l.tls.min_version {
+                        TlsVersion::Tls12 => TLS12_AND_13,
+                        TlsVersion::Tls13 => TLS13_ONLY,
+                    })
+                    .map_err(|e| err(None, e.to_string()))?;
+                let builder = match &verifier {
+                    Some(v) => builder.with_client_cert_verifier(v.clone()),
+                    None => builder.with_no_client_auth(),
+                };
+                let mut tls = builder.with_cert_resolver(resolver.clone());
+                tls.ignore_client_order = ours;
+                tls.alpn_protocols = l.tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+                match &resumption {
+                    Some((sessions, tickets)) => {
+                        tls.session_storage = sessions.clone();
+                        tls.ticketer = tickets.clone();
+                    }
+                    None => {
+                        // The builder's ticketer never produces tickets; with
+                        // no session storage and no TLS 1.3 tickets sent,
+                        // nothing can resume.
+                        tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+                        tls.send_tls13_tickets = 0;
+                    }
+                }
+                Ok(Arc::new(tls))
+            };
+            let tls = crate::suites::ListenerTls {
+                ours: build(&shared.provider_aes128_first, true)?,
+                clients: build(&shared.provider, false)?,
+            };
             certificates.extend(m.certs.iter().map(|c| c.info.clone()));
             by_bind.insert(l.bind, i);
             listeners.push(ListenerRuntime {
                 name: l.name.clone(),
                 bind: l.bind,
                 backend: l.backend.clone(),
-                tls: Arc::new(tls),
+                tls,
                 handshake_timeout: l.tls.handshake_timeout,
                 max_connections: l.max_connections,
                 stats: shared.listener_stats(&l.name),

@@ -37,6 +37,7 @@ pub mod resumption;
 pub mod sessions;
 pub mod status;
 pub mod store;
+pub mod suites;
 pub mod systemd;
 pub mod tickets;
 pub mod triggers;

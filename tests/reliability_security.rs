@@ -154,6 +154,101 @@ async fn tls_1_2_minimum_and_no_weak_cipher_suites() {
     assert!(d.stop().await.success());
 }
 
+/// The suite a connection gets: AES-128-GCM first whatever the client's
+/// order (OpenSSL's clients list AES-256-GCM-SHA384 first), but a client
+/// whose first choice is ChaCha20 gets its own order; the connection log
+/// names the suite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cipher_suite_is_aes128_first_unless_the_client_puts_chacha20_first() {
+    assert!(
+        have_program("openssl"),
+        "this test needs the openssl command (Debian package openssl)"
+    );
+    let site = Site::new();
+    let backend = EchoBackend::start().await;
+    site.cert("a", &["localhost"]);
+    let bind = addr();
+    site.publish(&format!(
+        "{}log:\n  connections: true\n",
+        simple_config(bind, backend.addr, "a")
+    ));
+    let d = Daemon::start(&site.config).await;
+
+    let cases: [(&[&str], &str); 7] = [
+        // OpenSSL's own order: TLS_AES_256_GCM_SHA384 first.
+        (&["-tls1_3"], "TLS_AES_128_GCM_SHA256"),
+        (
+            &["-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384"],
+            "TLS_AES_256_GCM_SHA384",
+        ),
+        (
+            &[
+                "-tls1_3",
+                "-ciphersuites",
+                "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256",
+            ],
+            "TLS_AES_256_GCM_SHA384",
+        ),
+        (
+            &[
+                "-tls1_3",
+                "-ciphersuites",
+                "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256",
+            ],
+            "TLS_CHACHA20_POLY1305_SHA256",
+        ),
+        (
+            &[
+                "-tls1_2",
+                "-cipher",
+                "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256",
+            ],
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+        ),
+        (
+            &[
+                "-tls1_2",
+                "-cipher",
+                "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256",
+            ],
+            "ECDHE-ECDSA-CHACHA20-POLY1305",
+        ),
+        // A ChaCha20 suite stayup does not serve (RSA key exchange with an
+        // ECDSA certificate) does not count as the client's first choice.
+        (
+            &[
+                "-tls1_2",
+                "-cipher",
+                "ECDHE-RSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305",
+            ],
+            "ECDHE-ECDSA-AES256-GCM-SHA384",
+        ),
+    ];
+    for (args, wanted) in cases {
+        let owned: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let (ok, out) = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = owned.iter().map(String::as_str).collect();
+            s_client(bind, &args)
+        })
+        .await
+        .expect("join");
+        assert!(ok, "{args:?} refused:\n{out}");
+        assert!(
+            out.contains(&format!("Cipher is {wanted}")),
+            "{args:?}: wanted {wanted}:\n{out}"
+        );
+    }
+    let line = d
+        .wait_printed(|l| l.contains("stayup::connection") && l.contains("CHACHA20"))
+        .await;
+    assert!(
+        line.contains("tls=TLSv1.3 cipher=TLS13_CHACHA20_POLY1305_SHA256")
+            || line.contains("tls=TLSv1.2 cipher=TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"),
+        "{line}"
+    );
+    assert!(d.stop().await.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_socket_is_private() {
     let site = Site::new();
