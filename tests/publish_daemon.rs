@@ -21,6 +21,26 @@ async fn publish_async(
         .expect("publish task")
 }
 
+async fn publish_from_async(
+    config: std::path::PathBuf,
+    new: std::path::PathBuf,
+) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || {
+        stayup_env(
+            &[
+                "publish",
+                "--config",
+                config.to_str().unwrap(),
+                "--from",
+                new.to_str().unwrap(),
+            ],
+            &[],
+        )
+    })
+    .await
+    .expect("publish task")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_rotates_a_running_daemon_without_breaking_streams() {
     let site = Site::new();
@@ -144,23 +164,8 @@ async fn a_whole_file_the_daemon_rejects_exits_1_and_the_old_file_and_generation
     )
     .replace("certs/", "../certs/");
     let new_path = site.write("next/new.yaml", new);
-    let publish_new = || {
-        let config = site.config.clone();
-        let new_path = new_path.clone();
-        tokio::task::spawn_blocking(move || {
-            stayup_env(
-                &[
-                    "publish",
-                    "--config",
-                    config.to_str().unwrap(),
-                    "--from",
-                    new_path.to_str().unwrap(),
-                ],
-                &[],
-            )
-        })
-    };
-    let (code, out, err) = publish_new().await.expect("publish task");
+    let publish_new = || publish_from_async(site.config.clone(), new_path.clone());
+    let (code, out, err) = publish_new().await;
     assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
     assert!(
         out.contains("daemon: rejected; generation 1 keeps serving"),
@@ -208,7 +213,7 @@ async fn a_whole_file_the_daemon_rejects_exits_1_and_the_old_file_and_generation
     let staged = site.path("rejected.yaml.tmp");
     std::fs::write(&staged, &rejected).expect("write");
     std::fs::rename(&staged, &site.config).expect("rename into place");
-    let (code, out, err) = publish_new().await.expect("publish task");
+    let (code, out, err) = publish_new().await;
     assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
     assert!(
         out.contains("daemon: rejected; generation 1 keeps serving"),
@@ -254,23 +259,7 @@ async fn a_whole_file_from_elsewhere_keeps_its_relative_control_socket_beside_th
         "next/new.yaml",
         with_socket(simple_config(bind, backend.addr, "b")).replace("certs/", "../certs/"),
     );
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let config = site.config.clone();
-        move || {
-            stayup_env(
-                &[
-                    "publish",
-                    "--config",
-                    config.to_str().unwrap(),
-                    "--from",
-                    new_path.to_str().unwrap(),
-                ],
-                &[],
-            )
-        }
-    })
-    .await
-    .expect("publish task");
+    let (code, out, err) = publish_from_async(site.config.clone(), new_path).await;
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     assert!(
         out.contains("daemon: committed generation 2 (was 1)"),

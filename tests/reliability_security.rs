@@ -95,8 +95,9 @@ fn s_client(bind: SocketAddr, args: &[&str]) -> (bool, String) {
     (established, text)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_1_2_minimum_and_no_weak_cipher_suites() {
+/// A site with certificate "a" for localhost, an echo backend and a free
+/// address, for a test that connects with `openssl s_client`.
+async fn openssl_site() -> (Site, EchoBackend, SocketAddr) {
     assert!(
         have_program("openssl"),
         "this test needs the openssl command (Debian package openssl)"
@@ -104,7 +105,12 @@ async fn tls_1_2_minimum_and_no_weak_cipher_suites() {
     let site = Site::new();
     let backend = EchoBackend::start().await;
     site.cert("a", &["localhost"]);
-    let bind = addr();
+    (site, backend, addr())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_2_minimum_and_no_weak_cipher_suites() {
+    let (site, backend, bind) = openssl_site().await;
     site.publish(&simple_config(bind, backend.addr, "a"));
     let d = Daemon::start(&site.config).await;
 
@@ -160,14 +166,7 @@ async fn tls_1_2_minimum_and_no_weak_cipher_suites() {
 /// names the suite.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cipher_suite_is_aes128_first_unless_the_client_puts_chacha20_first() {
-    assert!(
-        have_program("openssl"),
-        "this test needs the openssl command (Debian package openssl)"
-    );
-    let site = Site::new();
-    let backend = EchoBackend::start().await;
-    site.cert("a", &["localhost"]);
-    let bind = addr();
+    let (site, backend, bind) = openssl_site().await;
     site.publish(&format!(
         "{}log:\n  connections: true\n",
         simple_config(bind, backend.addr, "a")
