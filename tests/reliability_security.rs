@@ -212,15 +212,15 @@ async fn cipher_suite_is_aes128_first_unless_the_client_puts_chacha20_first() {
             ],
             "ECDHE-ECDSA-CHACHA20-POLY1305",
         ),
-        // A ChaCha20 suite stayup does not serve (RSA key exchange with an
-        // ECDSA certificate) does not count as the client's first choice.
+        // A suite stayup does not serve (CBC) is passed over: the client's
+        // first choice among stayup's is ChaCha20.
         (
             &[
                 "-tls1_2",
                 "-cipher",
-                "ECDHE-RSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305",
+                "ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256:@SECLEVEL=0",
             ],
-            "ECDHE-ECDSA-AES256-GCM-SHA384",
+            "ECDHE-ECDSA-CHACHA20-POLY1305",
         ),
     ];
     for (args, wanted) in cases {
