@@ -251,6 +251,9 @@ pub struct TlsConfig {
     pub alpn: Vec<String>,
     /// The oldest TLS version a client may use.
     pub min_version: TlsVersion,
+    /// The cipher suites served (IANA names), most preferred first. Empty:
+    /// stayup's choice (see `suites`).
+    pub cipher_suites: Vec<String>,
 }
 
 /// A TLS version stayup can serve.
@@ -538,6 +541,8 @@ struct RawTls {
     alpn: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     min_version: Option<Spanned<String>>,
+    #[serde(default)]
+    cipher_suites: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -866,6 +871,16 @@ impl Config {
                     )
                 })?,
             };
+            let cipher_suites = match &l.tls.cipher_suites {
+                None => Vec::new(),
+                Some(list) => cipher_suites(list, min_version).map_err(|reason| {
+                    ConfigError::invalid(
+                        path,
+                        at(list),
+                        format!("listener {name:?}: tls.cipher_suites: {reason}"),
+                    )
+                })?,
+            };
             listeners.push(ListenerConfig {
                 name,
                 bind,
@@ -877,6 +892,7 @@ impl Config {
                     session_resumption: l.tls.session_resumption.unwrap_or(true),
                     alpn,
                     min_version,
+                    cipher_suites,
                 },
                 max_connections: l.max_connections.unwrap_or(0),
                 backend_proxy_protocol,
@@ -1159,6 +1175,53 @@ pub fn read_config_bytes(path: &Path) -> Result<Vec<u8>, ConfigError> {
     })
 }
 
+/// Checks a `tls.cipher_suites` list: names stayup serves, each once, and
+/// a suite for every TLS version clients may use.
+fn cipher_suites(list: &Spanned<Vec<String>>, min: TlsVersion) -> Result<Vec<String>, String> {
+    let known = || {
+        crate::suites::NAMES
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out: Vec<String> = Vec::new();
+    for suite in &list.value {
+        if crate::suites::NAMES.iter().all(|(n, _)| n != suite) {
+            return Err(format!(
+                "{suite:?} is not a suite stayup serves (IANA names: {})",
+                known()
+            ));
+        }
+        if out.contains(suite) {
+            return Err(format!("{suite:?} is listed twice"));
+        }
+        out.push(suite.clone());
+    }
+    let tls13 = out
+        .iter()
+        .filter(|n| crate::suites::is_tls13_name(n))
+        .count();
+    if out.is_empty() {
+        return Err(format!(
+            "the list is empty; leave it out for stayup's choice, or name suites: {}",
+            known()
+        ));
+    }
+    if tls13 == 0 {
+        return Err("names no TLS 1.3 suite; stayup always serves TLS 1.3".into());
+    }
+    match min {
+        TlsVersion::Tls12 if tls13 == out.len() => Err(
+            "names no TLS 1.2 suite, yet tls.min_version \"1.2\" lets TLS 1.2 clients in; name one, or set min_version \"1.3\"".into(),
+        ),
+        TlsVersion::Tls13 if tls13 < out.len() => Err(
+            "names TLS 1.2 suites, yet tls.min_version \"1.3\" lets no TLS 1.2 client in".into(),
+        ),
+        _ => Ok(out),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1380,6 +1443,69 @@ drain:
             msg.contains("listener \"web\": tls.min_version \"1.1\" is not \"1.2\" or \"1.3\""),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn cipher_suites_are_checked_by_name_and_against_the_versions_served() {
+        assert!(
+            parse(GOOD).unwrap().listeners[0]
+                .tls
+                .cipher_suites
+                .is_empty()
+        );
+        let with = |min: &str, list: &str| {
+            parse(&GOOD.replace(
+                "      certificates:",
+                &format!(
+                    "      min_version: \"{min}\"\n      cipher_suites: {list}\n      certificates:"
+                ),
+            ))
+        };
+        let c = with(
+            "1.2",
+            "[TLS_AES_256_GCM_SHA384, TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]",
+        )
+        .unwrap();
+        assert_eq!(
+            c.listeners[0].tls.cipher_suites,
+            [
+                "TLS_AES_256_GCM_SHA384",
+                "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"
+            ]
+        );
+        assert!(with("1.3", "[TLS_CHACHA20_POLY1305_SHA256]").is_ok());
+        for (min, list, wanted) in [
+            (
+                "1.2",
+                "[ECDHE-ECDSA-AES128-GCM-SHA256]",
+                "\"ECDHE-ECDSA-AES128-GCM-SHA256\" is not a suite stayup serves (IANA names: TLS_AES_128_GCM_SHA256, ",
+            ),
+            (
+                "1.3",
+                "[TLS_AES_128_GCM_SHA256, TLS_AES_128_GCM_SHA256]",
+                "\"TLS_AES_128_GCM_SHA256\" is listed twice",
+            ),
+            ("1.3", "[]", "the list is empty"),
+            (
+                "1.2",
+                "[TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]",
+                "names no TLS 1.3 suite",
+            ),
+            ("1.2", "[TLS_AES_128_GCM_SHA256]", "names no TLS 1.2 suite"),
+            (
+                "1.3",
+                "[TLS_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]",
+                "names TLS 1.2 suites",
+            ),
+        ] {
+            let msg = with(min, list).unwrap_err().to_string();
+            assert!(msg.contains(":8:"), "{list}: {msg}");
+            assert!(
+                msg.contains("listener \"web\": tls.cipher_suites: "),
+                "{msg}"
+            );
+            assert!(msg.contains(wanted), "{list}: {msg}");
+        }
     }
 
     #[test]

@@ -384,9 +384,19 @@ impl Generation {
                 }
                 Ok(Arc::new(tls))
             };
-            let tls = crate::suites::ListenerTls {
-                ours: build(&shared.provider_aes128_first, true)?,
-                clients: build(&shared.provider, false)?,
+            let tls = if l.tls.cipher_suites.is_empty() {
+                crate::suites::ListenerTls {
+                    ours: build(&shared.provider_aes128_first, true)?,
+                    clients: build(&shared.provider, false)?,
+                }
+            } else {
+                // The operator's set and order; a ChaCha20-first client
+                // still gets its own order within it.
+                let only = Arc::new(crate::suites::only(&shared.provider, &l.tls.cipher_suites));
+                crate::suites::ListenerTls {
+                    ours: build(&only, true)?,
+                    clients: build(&only, false)?,
+                }
             };
             certificates.extend(m.certs.iter().map(|c| c.info.clone()));
             by_bind.insert(l.bind, i);

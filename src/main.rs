@@ -359,7 +359,7 @@ fn print_candidate(c: &stayup::reloader::Candidate, _shared: &Arc<Shared>, now: 
     );
     for (l, m) in c.config.listeners.iter().zip(&c.material.listeners) {
         println!(
-            "listener {}: {} -> {}{}{}",
+            "listener {}: {} -> {}{}{}{}",
             l.name,
             l.bind,
             l.backend,
@@ -372,6 +372,11 @@ fn print_candidate(c: &stayup::reloader::Candidate, _shared: &Arc<Shared>, now: 
                 ", TLS 1.3 only"
             } else {
                 ""
+            },
+            if l.tls.cipher_suites.is_empty() {
+                String::new()
+            } else {
+                format!(", cipher suites {}", l.tls.cipher_suites.join(" "))
             }
         );
         for (i, cert) in m.certs.iter().enumerate() {

@@ -167,6 +167,12 @@ pub enum MaterialError {
         file: PathBuf,
         name: String,
     },
+    /// `tls.cipher_suites` leaves TLS 1.2 clients no suite for this
+    /// certificate's key.
+    SuitesDoNotFit {
+        file: PathBuf,
+        reason: String,
+    },
     ClientCa {
         file: PathBuf,
         reason: String,
@@ -194,6 +200,7 @@ impl MaterialError {
             | CaAsLeaf { file }
             | WeakKey { file, .. }
             | NameNotCovered { file, .. }
+            | SuitesDoNotFit { file, .. }
             | ClientCa { file, .. }
             | InsecureKeyPermissions { file, .. } => file,
             KeyMismatch { cert, .. } => cert,
@@ -221,6 +228,7 @@ impl MaterialError {
             CaAsLeaf { .. } => "ca-as-leaf",
             WeakKey { .. } => "weak-key",
             NameNotCovered { .. } => "name-not-covered",
+            SuitesDoNotFit { .. } => "cipher-suites",
             ClientCa { .. } => "client-ca",
             InsecureKeyPermissions { .. } => "key-permissions",
         }
@@ -301,6 +309,7 @@ impl fmt::Display for MaterialError {
             ClientCa { file, reason } => {
                 write!(f, "{}: client CA bundle unusable: {reason}", file.display())
             }
+            SuitesDoNotFit { file, reason } => write!(f, "{}: {reason}", file.display()),
             InsecureKeyPermissions { file, mode } => write!(
                 f,
                 "{}: private key is readable by group or others (mode {:04o}); make it 0600, or 0640 owned by root with a group of its readers, or set limits.allow_insecure_key_permissions: true",
@@ -485,6 +494,15 @@ fn load_pairs(
                         name: name.clone(),
                     });
                 }
+            }
+            if l.tls.min_version == crate::config::TlsVersion::Tls12
+                && let Some(reason) =
+                    crate::suites::tls12_gap(&l.tls.cipher_suites, loaded.certified.key.algorithm())
+            {
+                return Err(MaterialError::SuitesDoNotFit {
+                    file: c.cert.clone(),
+                    reason: format!("listener {:?}: {reason}", l.name),
+                });
             }
             certs.push(loaded);
         }

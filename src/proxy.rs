@@ -600,7 +600,7 @@ async fn handle(
         seen.version = tls_version_name(conn.protocol_version());
         seen.cipher = conn
             .negotiated_cipher_suite()
-            .and_then(|s| s.suite().as_str());
+            .and_then(|s| crate::suites::name(s.suite()));
         seen.alpn = conn
             .alpn_protocol()
             .map(|p| String::from_utf8_lossy(p).into_owned());

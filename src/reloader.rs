@@ -287,6 +287,7 @@ pub fn diff(old: &Generation, new: &Generation) -> Vec<Change> {
                     || o.tls.session_resumption != n.tls.session_resumption
                     || o.tls.alpn != n.tls.alpn
                     || o.tls.min_version != n.tls.min_version
+                    || o.tls.cipher_suites != n.tls.cipher_suites
                 {
                     out.push(ch("listener-settings-changed", &n.name, None, None));
                 }

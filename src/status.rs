@@ -148,6 +148,8 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
                 "client_auth": configured.is_some_and(|c| c.tls.client_ca.is_some()),
                 "alpn": configured.map(|c| c.tls.alpn.clone()).unwrap_or_default(),
                 "min_tls_version": configured.map(|c| c.tls.min_version.to_string()),
+                // Empty: stayup's choice.
+                "cipher_suites": configured.map(|c| c.tls.cipher_suites.clone()).unwrap_or_default(),
                 "connections": l.stats.open.load(Ordering::Relaxed),
             })
         })

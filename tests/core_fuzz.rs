@@ -128,6 +128,8 @@ const YAML_TOKENS: &[&str] = &[
     "alpn",
     "h2",
     "min_version",
+    "cipher_suites",
+    "TLS_AES_256_GCM_SHA384",
     "1.3",
     "tcp_keepalive",
     "idle",

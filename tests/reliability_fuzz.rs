@@ -212,6 +212,8 @@ const KEYS: &[&str] = &[
     "interval",
     "probes",
     "min_version",
+    "cipher_suites",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
     "bogus",
 ];
 

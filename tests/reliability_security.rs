@@ -241,10 +241,82 @@ async fn cipher_suite_is_aes128_first_unless_the_client_puts_chacha20_first() {
         .wait_printed(|l| l.contains("stayup::connection") && l.contains("CHACHA20"))
         .await;
     assert!(
-        line.contains("tls=TLSv1.3 cipher=TLS13_CHACHA20_POLY1305_SHA256")
+        line.contains("tls=TLSv1.3 cipher=TLS_CHACHA20_POLY1305_SHA256")
             || line.contains("tls=TLSv1.2 cipher=TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"),
         "{line}"
     );
+    assert!(d.stop().await.success());
+}
+
+/// `tls.cipher_suites` limits and orders the suites, and a reload changes
+/// them for new connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cipher_suites_configured_are_the_only_ones_served_and_reload() {
+    let (site, backend, bind) = openssl_site().await;
+    let limited = simple_config(bind, backend.addr, "a").replace(
+        "    tls:\n",
+        "    tls:\n      cipher_suites: [TLS_AES_256_GCM_SHA384, TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]\n",
+    );
+    // TLS 1.2 suites for RSA keys only, and an ECDSA certificate: TLS 1.2
+    // clients could not connect, so the file is refused, naming the file.
+    site.publish(&limited.replace("ECDHE_ECDSA", "ECDHE_RSA"));
+    let (code, out) = check(&site.config);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("certs/a.pem")
+            && out.contains("no TLS 1.2 suite for this certificate's ECDSA key"),
+        "{out}"
+    );
+    site.publish(&limited);
+    let (code, out) = check(&site.config);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "cipher suites TLS_AES_256_GCM_SHA384 TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"
+        ),
+        "{out}"
+    );
+    let mut d = Daemon::start(&site.config).await;
+    let run =
+        |args: &'static [&'static str]| tokio::task::spawn_blocking(move || s_client(bind, args));
+    let (ok, out) = run(&["-tls1_3"]).await.expect("join");
+    assert!(
+        ok && out.contains("Cipher is TLS_AES_256_GCM_SHA384"),
+        "{out}"
+    );
+    let (ok, out) = run(&["-tls1_3", "-ciphersuites", "TLS_AES_128_GCM_SHA256"])
+        .await
+        .expect("join");
+    assert!(!ok, "a suite not configured was served:\n{out}");
+    let (ok, out) = run(&["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"])
+        .await
+        .expect("join");
+    assert!(!ok, "a TLS 1.2 suite not configured was served:\n{out}");
+    let (ok, out) = run(&["-tls1_2"]).await.expect("join");
+    assert!(
+        ok && out.contains("Cipher is ECDHE-ECDSA-AES256-GCM-SHA384"),
+        "{out}"
+    );
+
+    // A name stayup does not know is rejected whole; the old list serves on.
+    site.publish(&limited.replace("TLS_AES_256_GCM_SHA384,", "TLS_AES_256_CBC_SHA,"));
+    let line = d.reload().await;
+    assert!(line.contains("reload rejected"), "{line}");
+    assert!(line.contains("TLS_AES_256_CBC_SHA"), "{line}");
+    let (ok, out) = run(&["-tls1_3"]).await.expect("join");
+    assert!(
+        ok && out.contains("Cipher is TLS_AES_256_GCM_SHA384"),
+        "{out}"
+    );
+
+    // Without the list: stayup's choice again, for the next connection.
+    site.publish(&simple_config(bind, backend.addr, "a"));
+    let line = d.reload().await;
+    assert!(line.contains("reload committed"), "{line}");
+    let (ok, out) = run(&["-tls1_3", "-ciphersuites", "TLS_AES_128_GCM_SHA256"])
+        .await
+        .expect("join");
+    assert!(ok, "{out}");
     assert!(d.stop().await.success());
 }
 
