@@ -1198,16 +1198,16 @@ fn cipher_suites(list: &Spanned<Vec<String>>, min: TlsVersion) -> Result<Vec<Str
         }
         out.push(suite.clone());
     }
-    let tls13 = out
-        .iter()
-        .filter(|n| crate::suites::is_tls13_name(n))
-        .count();
     if out.is_empty() {
         return Err(format!(
             "the list is empty; leave it out for stayup's choice, or name suites: {}",
             known()
         ));
     }
+    let tls13 = out
+        .iter()
+        .filter(|n| crate::suites::is_tls13_name(n))
+        .count();
     if tls13 == 0 {
         return Err("names no TLS 1.3 suite; stayup always serves TLS 1.3".into());
     }

@@ -96,7 +96,12 @@ pub fn tls12_gap(names: &[String], key: SignatureAlgorithm) -> Option<String> {
 /// `provider` with its cipher suites in stayup's order (see the module).
 pub fn aes128_first(provider: &CryptoProvider) -> CryptoProvider {
     let mut p = provider.clone();
-    p.cipher_suites.sort_by_key(|s| rank(s.suite()));
+    p.cipher_suites.sort_by_key(|s| {
+        NAMES
+            .iter()
+            .position(|(_, n)| *n == s.suite())
+            .unwrap_or(NAMES.len())
+    });
     p
 }
 
@@ -118,27 +123,8 @@ pub fn only(provider: &CryptoProvider, names: &[String]) -> CryptoProvider {
     p
 }
 
-fn rank(s: CipherSuite) -> u8 {
-    use CipherSuite::*;
-    match s {
-        TLS13_AES_128_GCM_SHA256
-        | TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
-        | TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 0,
-        TLS13_AES_256_GCM_SHA384
-        | TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
-        | TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => 1,
-        _ => 2,
-    }
-}
-
 fn is_chacha(s: CipherSuite) -> bool {
-    use CipherSuite::*;
-    matches!(
-        s,
-        TLS13_CHACHA20_POLY1305_SHA256
-            | TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
-            | TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
-    )
+    name(s).is_some_and(|n| n.contains("_CHACHA20_"))
 }
 
 /// Whether the client's first choice among the suites `config` can serve

@@ -210,9 +210,7 @@ async fn a_whole_file_the_daemon_rejects_exits_1_and_the_old_file_and_generation
     // reloads), then published again: already the content on disk, yet not
     // what is served. The daemon is asked, rejects it again, and publish
     // says so and how to get back, instead of "nothing to change".
-    let staged = site.path("rejected.yaml.tmp");
-    std::fs::write(&staged, &rejected).expect("write");
-    std::fs::rename(&staged, &site.config).expect("rename into place");
+    site.publish(&rejected);
     let (code, out, err) = publish_new().await;
     assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
     assert!(
