@@ -384,17 +384,33 @@ async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>)
     out.into_iter().flatten().collect()
 }
 
-/// One handshake; the DER of the leaf the server presented.
-pub async fn presented_leaf(addr: SocketAddr, cfg: &Arc<ClientConfig>) -> Option<Vec<u8>> {
+/// One handshake; the name of the cipher suite the server chose.
+pub async fn negotiated_suite(addr: SocketAddr, cfg: &Arc<ClientConfig>) -> Option<String> {
+    let tls = handshake(addr, cfg).await?;
+    let suite = tls.get_ref().1.negotiated_cipher_suite().map(|s| {
+        let name = format!("{:?}", s.suite());
+        name.strip_prefix("TLS13_")
+            .map_or(name.clone(), |n| format!("TLS_{n}"))
+    });
+    abort(tls);
+    suite
+}
+
+async fn handshake(addr: SocketAddr, cfg: &Arc<ClientConfig>) -> Option<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await.ok()?;
     let _ = tcp.set_nodelay(true);
-    let tls = tokio::time::timeout(
+    tokio::time::timeout(
         OP_TIMEOUT,
         TlsConnector::from(cfg.clone()).connect(crate::tls::server_name(), tcp),
     )
     .await
     .ok()?
-    .ok()?;
+    .ok()
+}
+
+/// One handshake; the DER of the leaf the server presented.
+pub async fn presented_leaf(addr: SocketAddr, cfg: &Arc<ClientConfig>) -> Option<Vec<u8>> {
+    let tls = handshake(addr, cfg).await?;
     let leaf = tls
         .get_ref()
         .1

@@ -146,6 +146,14 @@ pub fn render(r: &Results, s: &Settings) -> (String, String) {
     row(w, "TLS 1.3 session tickets sent per handshake", &|x| {
         num(x.tickets_per_handshake, 2)
     });
+    row(w, "client offering OpenSSL's suites: suite chosen", &|x| {
+        x.openssl_order_suite.clone().unwrap_or("–".into())
+    });
+    row(
+        w,
+        "client offering OpenSSL's suites: handshakes per proxy CPU-second",
+        &|x| num(x.openssl_order_per_cpu_s, 0),
+    );
     row(w, "bulk MB/s, one connection", &|x| num(x.bulk_mb_s, 0));
     row(w, "proxy CPU-seconds per GB", &|x| {
         num(x.bulk_cpu_s_per_gb, 3)
@@ -357,6 +365,27 @@ pub fn render(r: &Results, s: &Settings) -> (String, String) {
         let _ = writeln!(
             w,
             "- Echo p99 over one connection while the handshake load runs (what a burst of new connections costs the open ones; no target): stayup {mine:.0} µs, the best peer {peer:.0} µs ({name}): {:.2}×.",
+            mine / peer.max(1e-9)
+        );
+    }
+    let typical = |x: &SystemResult| x.openssl_order_per_cpu_s;
+    if let (Some(me), Some(mine), Some((peer, name))) = (
+        stayup,
+        stayup.and_then(typical),
+        best(&peers, typical, true),
+    ) {
+        let suite = |n: &str| {
+            r.systems
+                .iter()
+                .find(|x| x.name == n)
+                .and_then(|x| x.openssl_order_suite.clone())
+                .unwrap_or("?".into())
+        };
+        let _ = writeln!(
+            w,
+            "- Handshakes per proxy CPU-second with a client offering OpenSSL's TLS 1.3 suites in OpenSSL's order, each system choosing its own (no target): stayup {mine:.0} ({}), the best peer {peer:.0} ({name}, {}): {:.2}×.",
+            suite(me.name),
+            suite(name),
             mine / peer.max(1e-9)
         );
     }
@@ -573,7 +602,11 @@ does not verify certificates or signatures (so that it spends less CPU per hands
 - Handshakes: {c} concurrent loops of connect, full handshake, one 64-byte echo through the backend, close \
 (the backend closes first; the client resets, so no TIME_WAIT piles up), {hs:?} after a {wu:?} warm-up; the \
 connection time is from the connect to the end of the echo, HdrHistogram. \
-Proxy CPU is utime + stime (+ reaped children) of every process in the proxy's tree, from /proc.\n\
+Proxy CPU is utime + stime (+ reaped children) of every process in the proxy's tree, from /proc. \
+Then the same again with the client offering the TLS 1.3 suites of an OpenSSL 3 client (curl, Python, most drivers), \
+in its order (TLS_AES_256_GCM_SHA384, TLS_CHACHA20_POLY1305_SHA256, TLS_AES_128_GCM_SHA256), and each system \
+choosing among them as it would for such clients: the peers serve OpenSSL's default suites in their default \
+preference.\n\
 - Bulk: one connection uploading 64 KiB writes into a sink for {bulk:?}; MB/s counted at the backend.\n\
 - Echo: 64-byte round trips, closed loop, over 1 and over 50 persistent connections, HdrHistogram; {rounds} round(s) \
 of {echo:?} each, taken in turns with every proxy running (every system's first round, then every system's second, \

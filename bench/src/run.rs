@@ -204,6 +204,10 @@ pub struct SystemResult {
     pub connection_time: Option<(f64, f64)>,
     /// TLS 1.3 session tickets received per handshake.
     pub tickets_per_handshake: Option<f64>,
+    /// The handshake test again with a client offering OpenSSL's suites in
+    /// OpenSSL's order: the suite the system chose, and its rate.
+    pub openssl_order_suite: Option<String>,
+    pub openssl_order_per_cpu_s: Option<f64>,
     pub bulk_mb_s: Option<f64>,
     pub bulk_cpu_s_per_gb: Option<f64>,
     pub echo1: Option<Latency>,
@@ -304,6 +308,7 @@ pub async fn all(settings: &Settings, stayup: &Path, only: Option<&[String]>) ->
         certs,
         openssl_conf,
         client: crate::tls::client_config()?,
+        openssl_order_client: crate::tls::openssl_order_client_config()?,
     };
 
     let mut errors = Vec::new();
@@ -498,6 +503,18 @@ async fn measure_parts(p: &Proxy, env: &Env, s: &Settings, r: &mut SystemResult)
             rate.time_p50_us / 1e3,
             rate.time_p99_us / 1e3
         );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let cfg = &env.openssl_order_client;
+        r.openssl_order_suite = load::negotiated_suite(p.addr, cfg).await;
+        let rate = new_connections(p, Some(cfg), s).await;
+        r.openssl_order_per_cpu_s = rate.per_cpu_s;
+        eprintln!(
+            "{name}: offered OpenSSL's suites, chose {}: {:.0} handshakes per proxy CPU-second, {} errors",
+            r.openssl_order_suite.as_deref().unwrap_or("?"),
+            rate.per_cpu_s.unwrap_or(0.0),
+            rate.errors
+        );
+        r.handshake_errors += rate.errors;
         if s.part == Part::Handshakes {
             return Ok(());
         }

@@ -131,6 +131,8 @@ pub struct Env {
     pub certs: [CertFiles; 2],
     pub openssl_conf: PathBuf,
     pub client: Arc<ClientConfig>,
+    /// The same client offering the TLS 1.3 suites an OpenSSL client does.
+    pub openssl_order_client: Arc<ClientConfig>,
 }
 
 impl Env {

@@ -121,6 +121,22 @@ pub fn client_provider() -> Arc<CryptoProvider> {
     })
 }
 
+/// The TLS 1.3 suites an OpenSSL 3 client (curl, Python, libpq, most
+/// drivers) offers, in its order, and the same one group: each system then
+/// picks the suite it would pick for most of its real clients.
+pub fn openssl_order_provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::aws_lc_rs as p;
+    Arc::new(CryptoProvider {
+        cipher_suites: vec![
+            p::cipher_suite::TLS13_AES_256_GCM_SHA384,
+            p::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+            p::cipher_suite::TLS13_AES_128_GCM_SHA256,
+        ],
+        kx_groups: vec![p::kx_group::X25519],
+        ..p::default_provider()
+    })
+}
+
 #[derive(Debug)]
 struct AcceptAnything(Vec<SignatureScheme>);
 
@@ -161,7 +177,15 @@ impl ServerCertVerifier for AcceptAnything {
 
 /// The load generator's client: TLS 1.3, one suite, one group, no resumption.
 pub fn client_config() -> Result<Arc<ClientConfig>> {
-    let provider = client_provider();
+    client_config_with(client_provider())
+}
+
+/// The same client offering OpenSSL's suites (`openssl_order_provider`).
+pub fn openssl_order_client_config() -> Result<Arc<ClientConfig>> {
+    client_config_with(openssl_order_provider())
+}
+
+fn client_config_with(provider: Arc<CryptoProvider>) -> Result<Arc<ClientConfig>> {
     let schemes = provider
         .signature_verification_algorithms
         .supported_schemes();
