@@ -254,6 +254,9 @@ pub struct TlsConfig {
     /// The cipher suites served (IANA names), most preferred first. Empty:
     /// stayup's choice (see `suites`).
     pub cipher_suites: Vec<String>,
+    /// The key exchange groups accepted (stayup's names, see `groups`), as
+    /// written. Empty: rustls's default set.
+    pub groups: Vec<String>,
 }
 
 /// A TLS version stayup can serve.
@@ -543,6 +546,8 @@ struct RawTls {
     min_version: Option<Spanned<String>>,
     #[serde(default)]
     cipher_suites: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    groups: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -881,6 +886,16 @@ impl Config {
                     )
                 })?,
             };
+            let groups = match &l.tls.groups {
+                None => Vec::new(),
+                Some(list) => groups(list, min_version).map_err(|reason| {
+                    ConfigError::invalid(
+                        path,
+                        at(list),
+                        format!("listener {name:?}: tls.groups: {reason}"),
+                    )
+                })?,
+            };
             listeners.push(ListenerConfig {
                 name,
                 bind,
@@ -893,6 +908,7 @@ impl Config {
                     alpn,
                     min_version,
                     cipher_suites,
+                    groups,
                 },
                 max_connections: l.max_connections.unwrap_or(0),
                 backend_proxy_protocol,
@@ -1222,6 +1238,41 @@ fn cipher_suites(list: &Spanned<Vec<String>>, min: TlsVersion) -> Result<Vec<Str
     }
 }
 
+/// Checks a `tls.groups` list: groups stayup accepts, each once, and one
+/// that TLS 1.2 can use if TLS 1.2 clients may connect. Returns stayup's
+/// names for them.
+fn groups(list: &Spanned<Vec<String>>, min: TlsVersion) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for written in &list.value {
+        let Some(name) = crate::groups::canonical(written.trim()) else {
+            return Err(format!(
+                "{written:?} is not a key exchange group stayup accepts (names: {})",
+                crate::groups::known()
+            ));
+        };
+        if out.iter().any(|n| n == name) {
+            return Err(if written == name {
+                format!("{name:?} is listed twice")
+            } else {
+                format!("{written:?} is {name}, which is listed twice")
+            });
+        }
+        out.push(name.to_string());
+    }
+    if out.is_empty() {
+        return Err(format!(
+            "the list is empty; leave it out for the default set, or name groups: {}",
+            crate::groups::known()
+        ));
+    }
+    if min == TlsVersion::Tls12 && out.iter().all(|n| crate::groups::tls13_only(n)) {
+        return Err(
+            "names only post-quantum groups, which TLS 1.2 cannot use, yet tls.min_version \"1.2\" lets TLS 1.2 clients in; add X25519, P-256 or P-384, or set min_version \"1.3\"".into(),
+        );
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1504,6 +1555,47 @@ drain:
                 msg.contains("listener \"web\": tls.cipher_suites: "),
                 "{msg}"
             );
+            assert!(msg.contains(wanted), "{list}: {msg}");
+        }
+    }
+
+    #[test]
+    fn groups_are_checked_by_name_and_against_the_versions_served() {
+        assert!(parse(GOOD).unwrap().listeners[0].tls.groups.is_empty());
+        let with = |min: &str, list: &str| {
+            parse(&GOOD.replace(
+                "      certificates:",
+                &format!("      min_version: \"{min}\"\n      groups: {list}\n      certificates:"),
+            ))
+        };
+        let c = with("1.2", "[secp384r1, x25519mlkem768, P-256]").unwrap();
+        assert_eq!(
+            c.listeners[0].tls.groups,
+            ["P-384", "X25519MLKEM768", "P-256"]
+        );
+        assert!(with("1.3", "[MLKEM1024]").is_ok());
+        for (min, list, wanted) in [
+            (
+                "1.2",
+                "[X25519, P-521]",
+                "\"P-521\" is not a key exchange group stayup accepts (names: X25519MLKEM768, ",
+            ),
+            ("1.2", "[X25519, X25519]", "\"X25519\" is listed twice"),
+            (
+                "1.2",
+                "[P-256, prime256v1]",
+                "\"prime256v1\" is P-256, which is listed twice",
+            ),
+            ("1.3", "[]", "the list is empty"),
+            (
+                "1.2",
+                "[X25519MLKEM768, MLKEM768]",
+                "names only post-quantum groups, which TLS 1.2 cannot use",
+            ),
+        ] {
+            let msg = with(min, list).unwrap_err().to_string();
+            assert!(msg.contains(":8:"), "{list}: {msg}");
+            assert!(msg.contains("listener \"web\": tls.groups: "), "{msg}");
             assert!(msg.contains(wanted), "{list}: {msg}");
         }
     }

@@ -384,19 +384,28 @@ impl Generation {
                 }
                 Ok(Arc::new(tls))
             };
-            let tls = if l.tls.cipher_suites.is_empty() {
-                crate::suites::ListenerTls {
-                    ours: build(&shared.provider_aes128_first, true)?,
-                    clients: build(&shared.provider, false)?,
-                }
+            let (ours, clients) = if l.tls.cipher_suites.is_empty() {
+                (
+                    shared.provider_aes128_first.clone(),
+                    shared.provider.clone(),
+                )
             } else {
                 // The operator's set and order; a ChaCha20-first client
                 // still gets its own order within it.
                 let only = Arc::new(crate::suites::only(&shared.provider, &l.tls.cipher_suites));
-                crate::suites::ListenerTls {
-                    ours: build(&only, true)?,
-                    clients: build(&only, false)?,
-                }
+                (only.clone(), only)
+            };
+            let (ours, clients) = if l.tls.groups.is_empty() {
+                (ours, clients)
+            } else {
+                (
+                    Arc::new(crate::groups::only(&ours, &l.tls.groups)),
+                    Arc::new(crate::groups::only(&clients, &l.tls.groups)),
+                )
+            };
+            let tls = crate::suites::ListenerTls {
+                ours: build(&ours, true)?,
+                clients: build(&clients, false)?,
             };
             certificates.extend(m.certs.iter().map(|c| c.info.clone()));
             by_bind.insert(l.bind, i);

@@ -24,6 +24,7 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod generation;
+pub mod groups;
 pub mod history;
 pub mod material;
 pub mod metrics;

@@ -359,7 +359,7 @@ fn print_candidate(c: &stayup::reloader::Candidate, _shared: &Arc<Shared>, now: 
     );
     for (l, m) in c.config.listeners.iter().zip(&c.material.listeners) {
         println!(
-            "listener {}: {} -> {}{}{}{}",
+            "listener {}: {} -> {}{}{}{}{}",
             l.name,
             l.bind,
             l.backend,
@@ -377,6 +377,11 @@ fn print_candidate(c: &stayup::reloader::Candidate, _shared: &Arc<Shared>, now: 
                 String::new()
             } else {
                 format!(", cipher suites {}", l.tls.cipher_suites.join(" "))
+            },
+            if l.tls.groups.is_empty() {
+                String::new()
+            } else {
+                format!(", groups {}", l.tls.groups.join(" "))
             }
         );
         for (i, cert) in m.certs.iter().enumerate() {

@@ -419,6 +419,8 @@ struct TlsSeen {
     backend: Option<(u64, Option<SocketAddr>)>,
     version: Option<&'static str>,
     cipher: Option<&'static str>,
+    /// The key exchange group (X25519MLKEM768 for a post-quantum client).
+    group: Option<&'static str>,
     sni: Option<String>,
     alpn: Option<String>,
     /// The common name of a client certificate verified against `client_ca`.
@@ -509,6 +511,7 @@ fn log_end(
             sni = %tls.and_then(|t| t.sni.as_deref()).unwrap_or("-"),
             tls = %tls.and_then(|t| t.version).unwrap_or("-"),
             cipher = %tls.and_then(|t| t.cipher).unwrap_or("-"),
+            group = %tls.and_then(|t| t.group).unwrap_or("-"),
             alpn = %tls.and_then(|t| t.alpn.as_deref()).unwrap_or("-"),
             client_cn = tls.and_then(|t| t.client_cn.as_deref()),
             backend = %listener.backend,
@@ -601,6 +604,9 @@ async fn handle(
         seen.cipher = conn
             .negotiated_cipher_suite()
             .and_then(|s| crate::suites::name(s.suite()));
+        seen.group = conn
+            .negotiated_key_exchange_group()
+            .and_then(|g| crate::groups::name(g.name()));
         seen.alpn = conn
             .alpn_protocol()
             .map(|p| String::from_utf8_lossy(p).into_owned());

@@ -288,6 +288,7 @@ pub fn diff(old: &Generation, new: &Generation) -> Vec<Change> {
                     || o.tls.alpn != n.tls.alpn
                     || o.tls.min_version != n.tls.min_version
                     || o.tls.cipher_suites != n.tls.cipher_suites
+                    || o.tls.groups != n.tls.groups
                 {
                     out.push(ch("listener-settings-changed", &n.name, None, None));
                 }

@@ -150,6 +150,8 @@ pub fn status_json(handle: &ReloadHandle, ctx: &ProxyContext) -> Value {
                 "min_tls_version": configured.map(|c| c.tls.min_version.to_string()),
                 // Empty: stayup's choice.
                 "cipher_suites": configured.map(|c| c.tls.cipher_suites.clone()).unwrap_or_default(),
+                // Empty: the default set.
+                "groups": configured.map(|c| c.tls.groups.clone()).unwrap_or_default(),
                 "connections": l.stats.open.load(Ordering::Relaxed),
             })
         })

@@ -248,6 +248,10 @@ async fn connection_log_has_one_line_per_connection_and_follows_reloads() {
     assert_eq!(v["sni"], "localhost", "{line}");
     assert_eq!(v["tls"], "TLSv1.3", "{line}");
     assert_eq!(v["alpn"], "-", "{line}");
+    assert_eq!(v["cipher"], "TLS_AES_128_GCM_SHA256", "{line}");
+    // rustls's client, like current browsers, sends the post-quantum
+    // hybrid's key share first.
+    assert_eq!(v["group"], "X25519MLKEM768", "{line}");
     assert_eq!(v["client_cn"], "alice", "{line}");
     assert_eq!(v["backend"], backend.addr.to_string(), "{line}");
     assert_eq!(v["bytes_in"], 5, "{line}");

@@ -214,6 +214,9 @@ const KEYS: &[&str] = &[
     "min_version",
     "cipher_suites",
     "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "groups",
+    "X25519MLKEM768",
+    "prime256v1",
     "bogus",
 ];
 

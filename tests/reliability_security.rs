@@ -320,6 +320,86 @@ async fn cipher_suites_configured_are_the_only_ones_served_and_reload() {
     assert!(d.stop().await.success());
 }
 
+/// `tls.groups` limits the key exchange groups a listener accepts, over
+/// TLS 1.3 and 1.2; the connection log names the group; a reload changes
+/// the set for the next connection, and a bad name keeps the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_configured_are_the_only_ones_accepted_and_reload() {
+    let (site, backend, bind) = openssl_site().await;
+    let base = format!(
+        "{}log:\n  connections: true\n",
+        simple_config(bind, backend.addr, "a")
+    );
+    let with =
+        |groups: &str| base.replace("    tls:\n", &format!("    tls:\n      groups: {groups}\n"));
+    // Post-quantum groups only, and TLS 1.2 clients let in: refused.
+    site.publish(&with("[X25519MLKEM768]"));
+    let (code, out) = check(&site.config);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("stayup.yaml:") && out.contains("tls.groups: names only post-quantum groups"),
+        "{out}"
+    );
+    site.publish(&with("[secp384r1, P-256]"));
+    let (code, out) = check(&site.config);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(", groups P-384 P-256"), "{out}");
+
+    let mut d = Daemon::start(&site.config).await;
+    let status = status_json(&site.config).await;
+    assert_eq!(
+        status["listeners"][0]["groups"],
+        serde_json::json!(["P-384", "P-256"])
+    );
+    let run =
+        |args: &'static [&'static str]| tokio::task::spawn_blocking(move || s_client(bind, args));
+    let (ok, out) = run(&["-tls1_3", "-groups", "X25519"]).await.expect("join");
+    assert!(!ok, "a group not configured was accepted:\n{out}");
+    // The client's key share is for X25519, which is not accepted: stayup
+    // asks for P-384 (a HelloRetryRequest) and the handshake completes.
+    let (ok, out) = run(&["-tls1_3", "-groups", "X25519:P-384"])
+        .await
+        .expect("join");
+    assert!(
+        ok && out.contains("Server Temp Key: ECDH, secp384r1"),
+        "{out}"
+    );
+    let line = d
+        .wait_printed(|l| l.contains("stayup::connection") && l.contains("group=P-384"))
+        .await;
+    assert!(line.contains("tls=TLSv1.3"), "{line}");
+    let (ok, out) = run(&["-tls1_2", "-groups", "X25519"]).await.expect("join");
+    assert!(
+        !ok,
+        "a TLS 1.2 key exchange not configured was accepted:\n{out}"
+    );
+    let (ok, out) = run(&["-tls1_2", "-groups", "P-256"]).await.expect("join");
+    assert!(
+        ok && out.contains("Server Temp Key: ECDH, prime256v1"),
+        "{out}"
+    );
+
+    // A name stayup does not know is rejected whole; the old set serves on.
+    site.publish(&with("[X25519, P-521]"));
+    let line = d.reload().await;
+    assert!(
+        line.contains("reload rejected") && line.contains("P-521"),
+        "{line}"
+    );
+    let (ok, out) = run(&["-tls1_3", "-groups", "X25519"]).await.expect("join");
+    assert!(!ok, "{out}");
+
+    // Another set, for the next connection.
+    site.publish(&with("[x25519]"));
+    let line = d.reload().await;
+    assert!(line.contains("reload committed"), "{line}");
+    let (ok, out) = run(&["-tls1_3", "-groups", "X25519"]).await.expect("join");
+    assert!(ok && out.contains("Server Temp Key: X25519"), "{out}");
+    let (ok, out) = run(&["-tls1_3", "-groups", "P-256"]).await.expect("join");
+    assert!(!ok, "a group taken out by the reload was accepted:\n{out}");
+    assert!(d.stop().await.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_socket_is_private() {
     let site = Site::new();
