@@ -10,6 +10,9 @@ use common::*;
 use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
 
 fn addr() -> SocketAddr {
     format!("127.0.0.1:{}", free_port()).parse().expect("addr")
@@ -389,14 +392,40 @@ async fn groups_configured_are_the_only_ones_accepted_and_reload() {
     let (ok, out) = run(&["-tls1_3", "-groups", "X25519"]).await.expect("join");
     assert!(!ok, "{out}");
 
-    // Another set, for the next connection.
-    site.publish(&with("[x25519]"));
+    // Another set, for the next connection, with a post-quantum group
+    // outside rustls's default set.
+    site.publish(&with("[x25519, MLKEM1024]"));
     let line = d.reload().await;
     assert!(line.contains("reload committed"), "{line}");
     let (ok, out) = run(&["-tls1_3", "-groups", "X25519"]).await.expect("join");
     assert!(ok && out.contains("Server Temp Key: X25519"), "{out}");
     let (ok, out) = run(&["-tls1_3", "-groups", "P-256"]).await.expect("join");
     assert!(!ok, "a group taken out by the reload was accepted:\n{out}");
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(
+        rustls::pki_types::CertificateDer::pem_slice_iter(site.ca.pem.cert.as_bytes()).flatten(),
+    );
+    assert_eq!(added, 1);
+    use rustls::crypto::aws_lc_rs as aws;
+    let mlkem_only =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::CryptoProvider {
+            kx_groups: vec![aws::kx_group::MLKEM1024],
+            ..aws::default_provider()
+        }))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let s = connected(bind, "localhost", Arc::new(mlkem_only)).await;
+    let group = s
+        .get_ref()
+        .1
+        .negotiated_key_exchange_group()
+        .map(|g| g.name());
+    assert_eq!(group, Some(rustls::NamedGroup::MLKEM1024));
+    drop(s);
+    d.wait_printed(|l| l.contains("stayup::connection") && l.contains("group=MLKEM1024"))
+        .await;
     assert!(d.stop().await.success());
 }
 
