@@ -876,26 +876,20 @@ impl Config {
                     )
                 })?,
             };
-            let cipher_suites = match &l.tls.cipher_suites {
-                None => Vec::new(),
-                Some(list) => cipher_suites(list, min_version).map_err(|reason| {
-                    ConfigError::invalid(
-                        path,
-                        at(list),
-                        format!("listener {name:?}: tls.cipher_suites: {reason}"),
-                    )
-                })?,
-            };
-            let groups = match &l.tls.groups {
-                None => Vec::new(),
-                Some(list) => groups(list, min_version).map_err(|reason| {
-                    ConfigError::invalid(
-                        path,
-                        at(list),
-                        format!("listener {name:?}: tls.groups: {reason}"),
-                    )
-                })?,
-            };
+            // A list of algorithm names, checked by `check`; absent: empty.
+            let names =
+                |list: &Option<Spanned<Vec<String>>>, key: &str, check: NamesCheck| match list {
+                    None => Ok(Vec::new()),
+                    Some(list) => check(list, min_version).map_err(|reason| {
+                        ConfigError::invalid(
+                            path,
+                            at(list),
+                            format!("listener {name:?}: {key}: {reason}"),
+                        )
+                    }),
+                };
+            let cipher_suites = names(&l.tls.cipher_suites, "tls.cipher_suites", cipher_suites)?;
+            let groups = names(&l.tls.groups, "tls.groups", groups)?;
             listeners.push(ListenerConfig {
                 name,
                 bind,
@@ -1190,6 +1184,10 @@ pub fn read_config_bytes(path: &Path) -> Result<Vec<u8>, ConfigError> {
         },
     })
 }
+
+/// Checks a list of algorithm names against the TLS versions served;
+/// returns the names to keep.
+type NamesCheck = fn(&Spanned<Vec<String>>, TlsVersion) -> Result<Vec<String>, String>;
 
 /// Checks a `tls.cipher_suites` list: names stayup serves, each once, and
 /// a suite for every TLS version clients may use.

@@ -384,24 +384,26 @@ impl Generation {
                 }
                 Ok(Arc::new(tls))
             };
+            let with_groups = |p: &Arc<CryptoProvider>| {
+                if l.tls.groups.is_empty() {
+                    p.clone()
+                } else {
+                    Arc::new(crate::groups::only(p, &l.tls.groups))
+                }
+            };
             let (ours, clients) = if l.tls.cipher_suites.is_empty() {
                 (
-                    shared.provider_aes128_first.clone(),
-                    shared.provider.clone(),
+                    with_groups(&shared.provider_aes128_first),
+                    with_groups(&shared.provider),
                 )
             } else {
                 // The operator's set and order; a ChaCha20-first client
                 // still gets its own order within it.
-                let only = Arc::new(crate::suites::only(&shared.provider, &l.tls.cipher_suites));
+                let only = with_groups(&Arc::new(crate::suites::only(
+                    &shared.provider,
+                    &l.tls.cipher_suites,
+                )));
                 (only.clone(), only)
-            };
-            let (ours, clients) = if l.tls.groups.is_empty() {
-                (ours, clients)
-            } else {
-                (
-                    Arc::new(crate::groups::only(&ours, &l.tls.groups)),
-                    Arc::new(crate::groups::only(&clients, &l.tls.groups)),
-                )
             };
             let tls = crate::suites::ListenerTls {
                 ours: build(&ours, true)?,
