@@ -71,9 +71,12 @@ impl fmt::Debug for Shared {
 }
 
 impl Shared {
-    /// Uses the aws-lc-rs provider.
+    /// Uses the aws-lc-rs provider, its TLS 1.3 key schedule over prepared
+    /// HMAC keys (see `keyschedule`).
     pub fn new() -> Result<Arc<Shared>, crate::tickets::TicketKeysError> {
-        Self::with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        Self::with_provider(Arc::new(crate::keyschedule::prepared(
+            &rustls::crypto::aws_lc_rs::default_provider(),
+        )))
     }
 
     pub fn with_provider(

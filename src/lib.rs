@@ -26,6 +26,7 @@ pub mod demo;
 pub mod generation;
 pub mod groups;
 pub mod history;
+pub mod keyschedule;
 pub mod material;
 pub mod metrics;
 pub mod pipe;

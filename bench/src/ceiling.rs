@@ -36,7 +36,12 @@ fn server_config(c: &CertFiles, tickets: bool) -> Result<Arc<ServerConfig>> {
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_file_iter(&c.cert)?.collect::<Result<_, _>>()?;
     let key = PrivateKeyDer::from_pem_file(&c.key)?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    // stayup's provider: aws-lc-rs, with the TLS 1.3 key schedule of SHA-384
+    // suites over prepared HMAC keys (stayup's `keyschedule`), so that the
+    // ceiling is what the library allows stayup's own handshakes.
+    let provider = Arc::new(stayup::keyschedule::prepared(
+        &rustls::crypto::aws_lc_rs::default_provider(),
+    ));
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()

@@ -633,7 +633,7 @@ the trigger and from it to the end. Afterwards every long-lived connection must 
 - stayup only: reload-to-effect is the time from the trigger to the end of the first handshake that presents the \
 new certificate (a new certificate each rotation); reload time is the round trip of a control-socket reload, which \
 answers when the reload has ended.\n\
-- Ceiling: rustls (aws-lc-rs) client and server in memory on CPU 1, only the server's calls timed (thread CPU time).\n\
+- Ceiling: rustls client and server in memory on CPU 1, the server with stayup's crypto provider (aws-lc-rs, and for SHA-384 suites stayup's key schedule over prepared HMAC keys), only the server's calls timed (thread CPU time).\n\
 - Floor: nginx's stream proxy without TLS (one worker on CPU 1) under the handshake test's load with plain TCP \
 clients: connect, one 64-byte echo through the backend, close, {c} concurrent loops, {hs:?}.\n",
         c = s.concurrency,
