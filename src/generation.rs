@@ -71,8 +71,8 @@ impl fmt::Debug for Shared {
 }
 
 impl Shared {
-    /// Uses the aws-lc-rs provider, its TLS 1.3 key schedule over prepared
-    /// HMAC keys (see `keyschedule`).
+    /// Uses the aws-lc-rs provider, with the key schedule of its TLS 1.3
+    /// SHA-384 suites over prepared HMAC keys (see `keyschedule`).
     pub fn new() -> Result<Arc<Shared>, crate::tickets::TicketKeysError> {
         Self::with_provider(Arc::new(crate::keyschedule::prepared(
             &rustls::crypto::aws_lc_rs::default_provider(),
