@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::run::Part;
 
-const USAGE: &str = "usage: stayup-bench full|smoke|memory|handshakes|echo|storm|upgrade [--out FILE] [--only SYSTEM,...] [--stayup BINARY] [--keep]\n\
+const USAGE: &str = "usage: stayup-bench full|smoke|memory|handshakes|echo|storm|upgrade|bulk [--out FILE] [--only SYSTEM,...] [--stayup BINARY] [--keep]\n\
   full   installs the peers from Debian if missing, runs everything (about 8 minutes),\n\
          writes bench/results/<date>.md and .svg\n\
   smoke  seconds-long version against stayup and whichever peers are installed,\n\
@@ -34,6 +34,7 @@ const USAGE: &str = "usage: stayup-bench full|smoke|memory|handshakes|echo|storm
   echo   only the echo latencies (full settings), printed\n\
   storm  only the reload storm (full settings), printed\n\
   upgrade  only the binary upgrade under load (full settings), printed\n\
+  bulk   only the bulk upload over one connection and the ceiling (full settings), printed\n\
   --only takes system names, `reloads` for stayup's reload figures alone, `floor` for the floor\n";
 
 /// Pins the calling thread (and the threads it starts later) to one CPU.
@@ -72,6 +73,7 @@ fn real_main() -> Result<()> {
         "echo" => (false, Part::Echo),
         "storm" => (false, Part::Storm),
         "upgrade" => (false, Part::Upgrade),
+        "bulk" => (false, Part::Bulk),
         _ => bail!("{USAGE}"),
     };
     let mut out: Option<PathBuf> = None;

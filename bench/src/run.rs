@@ -29,6 +29,9 @@ pub enum Part {
     Storm,
     /// A binary upgrade under load.
     Upgrade,
+    /// Bulk throughput over one connection, and the ceiling to compare it
+    /// with.
+    Bulk,
 }
 
 /// How long and how big each part is.
@@ -425,8 +428,10 @@ async fn system(kind: Kind, env: &Env, s: &Settings) -> SystemResult {
         ..Default::default()
     };
     eprintln!("{}: {}", kind.name(), r.version);
-    if matches!(s.part, Part::All | Part::Memory | Part::Handshakes)
-        && let Err(e) = throughput_parts(kind, env, s, &mut r).await
+    if matches!(
+        s.part,
+        Part::All | Part::Memory | Part::Handshakes | Part::Bulk
+    ) && let Err(e) = throughput_parts(kind, env, s, &mut r).await
     {
         r.errors.push(format!("{e:#}"));
     }
@@ -522,7 +527,7 @@ async fn measure_parts(p: &Proxy, env: &Env, s: &Settings, r: &mut SystemResult)
     }
 
     // 2. Bulk throughput over one connection.
-    if s.part == Part::All {
+    if matches!(s.part, Part::All | Part::Bulk) {
         let up = Upload::start(p.addr, &env.client).await.context("bulk")?;
         tokio::time::sleep(s.warmup).await;
         let (b0, cpu0, t0) = (
