@@ -231,25 +231,20 @@ pub struct Upload {
 }
 
 impl Upload {
-    pub async fn start(addr: SocketAddr, cfg: &Arc<ClientConfig>) -> Result<Upload> {
+    /// Over TLS with `cfg`, or as plain TCP without it (the bulk floor).
+    pub async fn start(addr: SocketAddr, cfg: Option<&Arc<ClientConfig>>) -> Result<Upload> {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
-        let mut tls = TlsConnector::from(cfg.clone())
-            .connect(crate::tls::server_name(), tcp)
-            .await?;
         let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut chunk = vec![0u8; 64 * 1024];
-            chunk[0] = b'S';
-            tls.write_all(&chunk).await?;
-            chunk[0] = 0;
-            while !s.load(Ordering::Relaxed) {
-                tls.write_all(&chunk).await?;
+        let task = match cfg {
+            Some(cfg) => {
+                let tls = TlsConnector::from(cfg.clone())
+                    .connect(crate::tls::server_name(), tcp)
+                    .await?;
+                tokio::spawn(upload(tls, stop.clone()))
             }
-            tls.shutdown().await.ok();
-            Ok(())
-        });
+            None => tokio::spawn(upload(tcp, stop.clone())),
+        };
         Ok(Upload { stop, task })
     }
 
@@ -257,6 +252,20 @@ impl Upload {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.context("upload task")?
     }
+}
+
+/// Writes 64 KiB at a time until `stop`; the first byte asks the backend to
+/// sink.
+async fn upload<S: AsyncWrite + Unpin>(mut s: S, stop: Arc<AtomicBool>) -> Result<()> {
+    let mut chunk = vec![0u8; 64 * 1024];
+    chunk[0] = b'S';
+    s.write_all(&chunk).await?;
+    chunk[0] = 0;
+    while !stop.load(Ordering::Relaxed) {
+        s.write_all(&chunk).await?;
+    }
+    s.shutdown().await.ok();
+    Ok(())
 }
 
 /// Round-trip latency of 64-byte echoes over `conns` persistent connections,

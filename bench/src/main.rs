@@ -34,8 +34,8 @@ const USAGE: &str = "usage: stayup-bench full|smoke|memory|handshakes|echo|storm
   echo   only the echo latencies (full settings), printed\n\
   storm  only the reload storm (full settings), printed\n\
   upgrade  only the binary upgrade under load (full settings), printed\n\
-  bulk   only the bulk upload over one connection and the ceiling (full settings), printed\n\
-  --only takes system names, `reloads` for stayup's reload figures alone, `floor` for the floor\n";
+  bulk   only the bulk upload over one connection, the ceiling and the bulk floor (full settings), printed\n\
+  --only takes system names, `reloads` for stayup's reload figures alone, `floor` for the floors\n";
 
 /// Pins the calling thread (and the threads it starts later) to one CPU.
 pub fn pin(cpu: usize) -> Result<()> {
