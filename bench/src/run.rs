@@ -365,35 +365,23 @@ pub async fn all(settings: &Settings, stayup: &Path, only: Option<&[String]>) ->
         echo_in_turns(&mut systems, &env, settings).await;
     }
 
-    let floor = if matches!(settings.part, Part::All | Part::Handshakes)
-        && Kind::NginxPlain.installed()
-        && only.is_none_or(|o| o.iter().any(|s| s == "stayup" || s == "floor"))
-    {
-        match floor(&env, settings).await {
-            Ok(f) => Some(f),
-            Err(e) => {
-                errors.push(format!("floor: {e:#}"));
-                None
-            }
-        }
-    } else {
-        None
-    };
-
-    let bulk_floor = if matches!(settings.part, Part::All | Part::Bulk)
-        && Kind::NginxPlain.installed()
-        && only.is_none_or(|o| o.iter().any(|s| s == "stayup" || s == "floor"))
-    {
-        match bulk_floor(&env, settings).await {
-            Ok(f) => Some(f),
-            Err(e) => {
-                errors.push(format!("bulk floor: {e:#}"));
-                None
-            }
-        }
-    } else {
-        None
-    };
+    // The floors run only where nginx is installed, and with stayup.
+    let floors = Kind::NginxPlain.installed()
+        && only.is_none_or(|o| o.iter().any(|s| s == "stayup" || s == "floor"));
+    let floor = optional(
+        floors && matches!(settings.part, Part::All | Part::Handshakes),
+        "floor",
+        &mut errors,
+        floor(&env, settings),
+    )
+    .await;
+    let bulk_floor = optional(
+        floors && matches!(settings.part, Part::All | Part::Bulk),
+        "bulk floor",
+        &mut errors,
+        bulk_floor(&env, settings),
+    )
+    .await;
 
     let stayup_only = if settings.part == Part::All
         && only.is_none_or(|o| o.iter().any(|s| s == "stayup" || s == "reloads"))
@@ -739,6 +727,25 @@ async fn new_connections(p: &Proxy, tls: Option<&Arc<ClientConfig>>, s: &Setting
         per_s: d.ok as f64 / wall.as_secs_f64(),
         per_cpu_s: (cpu > 0.0).then(|| d.ok as f64 / cpu),
         cpu_share: cpu / wall.as_secs_f64(),
+    }
+}
+
+/// Runs `part` if `run`; its failure is one of the run's errors.
+async fn optional<T>(
+    run: bool,
+    what: &str,
+    errors: &mut Vec<String>,
+    part: impl std::future::Future<Output = Result<T>>,
+) -> Option<T> {
+    if !run {
+        return None;
+    }
+    match part.await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            errors.push(format!("{what}: {e:#}"));
+            None
+        }
     }
 }
 
