@@ -41,6 +41,11 @@ pub fn alive(pid: i32) -> bool {
         .is_some_and(|zombie| !zombie)
 }
 
+/// How many file descriptors `pid` has open.
+pub fn open_fds(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
 /// `root` and every process descended from it.
 pub fn tree(root: i32) -> Vec<i32> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();

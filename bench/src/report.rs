@@ -667,7 +667,8 @@ the trigger to the end; the longest stretch without a completed handshake is tak
 the trigger and from it to the end. Afterwards every long-lived connection must still echo.\n\
 - stayup only: reload-to-effect is the time from the trigger to the end of the first handshake that presents the \
 new certificate (a new certificate each rotation); reload time is the round trip of a control-socket reload, which \
-answers when the reload has ended.\n\
+answers when the reload has ended; the figure with no live connection pools the reloads before the live connections \
+open and after the proxy has seen them all close.\n\
 - Ceiling: rustls client and server in memory on CPU 1, the server with stayup's crypto provider (aws-lc-rs, and for SHA-384 suites stayup's key schedule over prepared HMAC keys), only the server's calls timed (thread CPU time); AES-256-GCM both through a connection (records read, decrypted and \
 copied out by rustls's buffered API) and alone (rustls's record decrypter opening a record in place).\n\
 - Floor: nginx's stream proxy without TLS (one worker on CPU 1) under the handshake test's load with plain TCP \

@@ -117,7 +117,7 @@ impl Settings {
                 // Each connection costs the proxy two descriptors and the
                 // hard RLIMIT_NOFILE may be 20,000.
                 live_connections: 9_900,
-                reloads_per_point: 20,
+                reloads_per_point: 40,
                 many_certificates: 1000,
                 ceiling_time: s(3),
             }

@@ -186,16 +186,35 @@ async fn timed_reloads(p: &mut Proxy, env: &Env, n: usize) -> Result<Vec<f64>> {
     Ok(v)
 }
 
+/// Reload times with no live connection and with `live_connections`. The
+/// figure without is taken both before the connections open and after they
+/// have all closed, and pooled, so that a drift of the machine in between
+/// does not pass for an effect of the connections.
 async fn with_live(env: &Env, s: &Settings) -> Result<(Vec<f64>, Vec<f64>)> {
     let mut p = Proxy::start(Kind::Stayup, env).await?;
     let result = async {
-        let idle = timed_reloads(&mut p, env, s.reloads_per_point).await?;
+        let fds = crate::procfs::open_fds(p.pid);
+        let mut idle = timed_reloads(&mut p, env, s.reloads_per_point.div_ceil(2)).await?;
         let conns = crate::load::open_many(p.addr, &env.client, s.live_connections, 100)
             .await
             .context("live connections")?;
         let live = timed_reloads(&mut p, env, s.reloads_per_point).await;
         conns.into_iter().for_each(crate::load::abort);
-        Ok((idle, live?))
+        let live = live?;
+        // The proxy has seen every connection end once it holds no more
+        // descriptors than before they opened.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while crate::procfs::open_fds(p.pid) > fds {
+            if Instant::now() > deadline {
+                bail!(
+                    "{} descriptors open 30 s after the connections closed, {fds} before",
+                    crate::procfs::open_fds(p.pid)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        idle.extend(timed_reloads(&mut p, env, s.reloads_per_point.div_ceil(2)).await?);
+        Ok((idle, live))
     }
     .await;
     p.stop().await;
